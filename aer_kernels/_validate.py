@@ -1,0 +1,88 @@
+"""Argument checks shared by both backends: every error is raised before any work."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+
+BACKENDS = ("auto", "triton", "reference")
+_KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def interpreter_enabled() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def resolve_backend(backend: str, logits: torch.Tensor) -> str:
+    """``"triton"`` or ``"reference"`` for this call."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        use_triton = logits.is_cuda and logits.dtype in _KERNEL_DTYPES and triton_available()
+        return "triton" if use_triton else "reference"
+    if backend == "triton":
+        if not triton_available():
+            raise RuntimeError("backend='triton' needs the triton package; use backend='reference'")
+        if not logits.is_cuda and not interpreter_enabled():
+            raise ValueError(
+                f"backend='triton' needs CUDA logits (got device {logits.device}); on a CPU set "
+                "TRITON_INTERPRET=1 before triton is imported, or use backend='reference'"
+            )
+        if logits.dtype not in _KERNEL_DTYPES:
+            raise TypeError(f"logits: backend='triton' takes float32/float16/bfloat16, got {logits.dtype}")
+    return backend
+
+
+def check_temperature(temperature) -> float:
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+        raise TypeError(f"temperature must be a Python float, got {type(temperature).__name__}")
+    temperature = float(temperature)
+    if not math.isfinite(temperature) or temperature <= 0:
+        raise ValueError(f"temperature must be a finite positive number, got {temperature}")
+    return temperature
+
+
+def check_logits(logits) -> None:
+    if not isinstance(logits, torch.Tensor):
+        raise TypeError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
+    if not logits.is_floating_point():
+        raise TypeError(f"logits must be float32, float16 or bfloat16, got {logits.dtype}")
+    if logits.dim() == 0:
+        raise ValueError("logits must have shape [..., V], got a 0-d tensor")
+    if logits.shape[-1] == 0:
+        raise ValueError(f"logits: the vocabulary (last) dim is empty, shape {tuple(logits.shape)}")
+
+
+def check_row_tensor(name: str, t, logits: torch.Tensor, *, kind: str) -> None:
+    """``targets`` (kind='int') or ``mask`` (kind='bool') must match ``logits.shape[:-1]`` and device."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if kind == "int" and (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool):
+        raise TypeError(f"{name} must be an integer tensor, got {t.dtype}")
+    if kind == "bool" and t.dtype != torch.bool:
+        raise TypeError(f"{name} must be a bool tensor, got {t.dtype}")
+    if t.shape != logits.shape[:-1]:
+        raise ValueError(f"{name} must have shape logits.shape[:-1] = {tuple(logits.shape[:-1])}, got {tuple(t.shape)}")
+    if t.device != logits.device:
+        raise ValueError(f"{name} is on {t.device} but logits are on {logits.device}")
+
+
+def check_args(logits, targets, mask, temperature, backend) -> tuple[float, str]:
+    """Validate a public call; returns (temperature, resolved backend)."""
+    check_logits(logits)
+    if targets is not None:
+        check_row_tensor("targets", targets, logits, kind="int")
+    if mask is not None:
+        check_row_tensor("mask", mask, logits, kind="bool")
+    temperature = check_temperature(temperature)
+    return temperature, resolve_backend(backend, logits)
