@@ -28,6 +28,10 @@ class RowLayout(NamedTuple):
             t.storage_offset(),
         )
 
+    def contiguous(self) -> "RowLayout":
+        """The same row decomposition over a contiguous ``[N, V]`` buffer (e.g. a fresh gradient)."""
+        return self._replace(outer_stride=self.inner_size * self.vocab, inner_stride=self.vocab)
+
     def rows_overlap(self) -> bool:
         """True when two rows share memory (expanded or overlapping strides)."""
         outer = self.n_rows // self.inner_size if self.inner_size else 0

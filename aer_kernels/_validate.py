@@ -46,8 +46,7 @@ def resolve_backend(backend: str, logits: torch.Tensor) -> str:
 def check_temperature(temperature) -> float:
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
         raise TypeError(f"temperature must be a Python float, got {type(temperature).__name__}")
-    temperature = float(temperature)
-    if not math.isfinite(temperature) or temperature <= 0:
+    if not 0 < temperature < math.inf:  # also false for NaN; no float() so torch.compile keeps it symbolic
         raise ValueError(f"temperature must be a finite positive number, got {temperature}")
     return temperature
 

@@ -57,8 +57,10 @@ def _(logits, targets, mask, temperature, backend, inplace_backward):
 
 
 def _backward_into(grad: Tensor, logits, targets, mask, lse, e, grad_h, grad_logp, temperature, backend):
-    _impl(backend).backward(logits, row_layout(logits), grad, row_layout(grad), _row_arg(targets),
-                            _row_arg(mask), lse, e, _row_arg(grad_h), _row_arg(grad_logp), temperature)
+    layout = row_layout(logits)
+    grad_layout = layout if grad is logits else layout.contiguous()
+    _impl(backend).backward(logits, layout, grad, grad_layout, _row_arg(targets), _row_arg(mask), lse, e,
+                            _row_arg(grad_h), _row_arg(grad_logp), temperature)
 
 
 @torch.library.custom_op("aer_kernels::backward", mutates_args=())
