@@ -12,7 +12,7 @@ _BWD_WARPS = 8
 # Programs wanted per SM before a row is split across programs (fills the GPU at small N).
 _PROGRAMS_PER_SM = 8
 # A split never covers fewer than this many blocks: below it the merge costs more than it saves.
-_MIN_BLOCKS_PER_SPLIT = 4
+_MIN_BLOCKS_PER_SPLIT = 2
 _MAX_SPLITS = 64
 
 

@@ -94,6 +94,8 @@ def _setup_context(ctx, inputs, output):
 
 def _autograd_backward(ctx, grad_h, grad_logp, _grad_lse, _grad_e):
     logits, targets, mask, lse, e = ctx.saved_tensors
+    if targets is None:
+        grad_logp = None  # logp is the empty placeholder
     if grad_h is None and grad_logp is None:
         return None, None, None, None, None, None
     if grad_logp is not None:

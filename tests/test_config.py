@@ -1,0 +1,32 @@
+"""Launch heuristics are a pure function: their invariants are checked without a GPU."""
+
+import pytest
+
+from aer_kernels._config import launch_config
+
+SHAPES = [(1, 1), (3, 7), (2048, 151936), (8192, 151936), (32768, 128256), (65536, 32000), (4, 4097), (1, 10**6)]
+
+
+@pytest.mark.parametrize("n_rows, vocab", SHAPES)
+@pytest.mark.parametrize("elem_size", [2, 4])
+@pytest.mark.parametrize("num_sms", [1, 132])
+@pytest.mark.parametrize("backward", [False, True])
+def test_config_covers_the_row_exactly_once(n_rows, vocab, elem_size, num_sms, backward):
+    cfg = launch_config(n_rows, vocab, elem_size, num_sms, backward=backward)
+    assert cfg.block_v & (cfg.block_v - 1) == 0 and cfg.block_v >= 16
+    assert cfg.block_v * elem_size <= 16384 * 2  # bounded register footprint
+    assert cfg.split_len % cfg.block_v == 0
+    assert cfg.splits * cfg.split_len >= vocab  # every column is covered...
+    assert (cfg.splits - 1) * cfg.split_len < vocab  # ...and no split is empty
+    assert 1 <= cfg.num_warps <= 16 and cfg.num_stages >= 1
+
+
+def test_rows_split_only_when_too_few_to_fill_the_gpu():
+    assert launch_config(8192, 151936, 2, 132).splits == 1
+    assert launch_config(256, 151936, 2, 132).splits > 1
+    assert launch_config(1, 151936, 2, 132).splits >= launch_config(256, 151936, 2, 132).splits
+
+
+def test_bad_sizes_are_refused():
+    with pytest.raises(ValueError, match="launch_config"):
+        launch_config(4, 100, 3, 1)
