@@ -1,14 +1,15 @@
 """Triton kernels for per-row entropy / log-prob, forward and backward, and their launchers.
 
-Forward, one pass over the row in base 2 (``z2 = x * log2(e) / T``), per block of columns:
-one scalar block max moves the running max ``m``; the lane accumulators hold
-``s = sum exp2(z2 - m)`` and ``w = sum exp2(z2 - m) * (z2 - m)`` (relative to ``m``, so huge
-logits do not cancel), rescaled by ``exp2(m_old - m_new)`` when ``m`` moves. Then, in nats,
-``lse = ln2 * (m + log2 s)``, ``E = ln2 * (m + w / s)``, ``H = ln2 * (log2 s - w / s)``.
+Forward, one pass over the row. Per block of columns, one scalar block max moves the running max ``m``
+(in logit units, so ``x - m`` is exact near the max, where a confident token's log-prob lives); with
+``d = (x - m) * log2(e) / T`` the lane accumulators hold ``s = sum 2^d`` and ``w = sum 2^d * d``
+(relative to ``m``, so huge logits do not cancel), rescaled by ``2^((m_old - m_new) log2(e) / T)`` when
+``m`` moves: one ``exp2`` per element. Then, in nats, ``lse = m / T + ln2 * log2 s``,
+``E = m / T + ln2 * w / s``, ``H = ln2 * (log2 s - w / s)``, ``logp = (x_y - m) / T - ln2 * log2 s``.
 A row split over several programs writes ``(m, s, w)`` partials that a small pass merges.
 
 Backward, one streaming pass: ``dx = (1/T) * (gL * (1[j=y] - p) - gH * p * (z - E))`` with
-``p = exp(z - lse)`` recomputed from the saved ``lse`` and ``E``.
+``z = x / T`` and ``p = exp(z - lse)`` recomputed from the saved ``lse`` and ``E``.
 """
 
 from __future__ import annotations
@@ -31,21 +32,27 @@ def _row_start(row, inner_size, outer_stride, inner_stride):
 
 
 @triton.jit
-def _write_row(row, m, s, w, active, x_row, targets_ptr, h_ptr, logp_ptr, lse_ptr, e_ptr, V, scale,
+def _rescale_reference(m):
+    """The rescaling reference: the running max, or 0 while it is still -inf (avoids -inf - -inf)."""
+    return tl.where(m == float("-inf"), 0.0, m)
+
+
+@triton.jit
+def _write_row(row, m, s, w, active, x_row, targets_ptr, h_ptr, logp_ptr, lse_ptr, e_ptr, V, inv_t,
                HAS_TARGETS: tl.constexpr):
-    """Final per-row outputs from merged ``(m, s, w)`` (base 2); masked rows get 0."""
-    m_ref = tl.where(m == float("-inf"), 0.0, m)
-    log2_s = tl.log2(s)
-    w_over_s = w / s
-    lse = LN2 * (m_ref + log2_s)
-    tl.store(h_ptr + row, tl.where(active, LN2 * (log2_s - w_over_s), 0.0))
+    """Final per-row outputs from the merged ``(m, s, w)``; masked rows get 0."""
+    m_ref = _rescale_reference(m)
+    log_s = LN2 * tl.log2(s)
+    w_over_s = LN2 * (w / s)
+    lse = m_ref * inv_t + log_s
+    tl.store(h_ptr + row, tl.where(active, log_s - w_over_s, 0.0))
     tl.store(lse_ptr + row, tl.where(active, lse, 0.0))
-    tl.store(e_ptr + row, tl.where(active, LN2 * (m_ref + w_over_s), 0.0))
+    tl.store(e_ptr + row, tl.where(active, m_ref * inv_t + w_over_s, 0.0))
     if HAS_TARGETS:
         y = tl.load(targets_ptr + row).to(tl.int64)
         valid = (y >= 0) & (y < V)
         x_y = tl.load(x_row + y, mask=valid & active, other=0.0).to(tl.float32)
-        logp = tl.where(valid, LN2 * (x_y * scale) - lse, float("nan"))
+        logp = tl.where(valid, (x_y - m_ref) * inv_t - log_s, float("nan"))
         tl.store(logp_ptr + row, tl.where(active, logp, 0.0))
 
 
@@ -55,13 +62,14 @@ def entropy_fwd_kernel(
     h_ptr, logp_ptr, lse_ptr, e_ptr,  # [N] fp32
     part_ptr,  # [N, splits, 3] fp32 partials (m, s, w), used when SPLIT
     V, inner_size, outer_stride, inner_stride,
-    scale,  # log2(e) / T, a runtime value: no recompile per temperature
+    inv_t,  # 1 / T, a runtime value: no recompile per temperature
     split_len,
     HAS_TARGETS: tl.constexpr, HAS_MASK: tl.constexpr, SPLIT: tl.constexpr, BLOCK_V: tl.constexpr,
 ):
     row = tl.program_id(0)
     split = tl.program_id(1)
     x_row = x_ptr + _row_start(row, inner_size, outer_stride, inner_stride)
+    scale = inv_t * LOG2E
     active = True
     col_start = split * split_len
     col_end = tl.minimum(col_start + split_len, V)
@@ -69,17 +77,17 @@ def entropy_fwd_kernel(
         active = tl.load(mask_ptr + row) != 0
         col_end = tl.where(active, col_end, col_start)  # masked rows read nothing
 
-    m = tl.full((), float("-inf"), tl.float32)
-    s = tl.zeros((BLOCK_V,), tl.float32)
-    w = tl.zeros((BLOCK_V,), tl.float32)
+    m = tl.full([], float("-inf"), tl.float32)
+    s = tl.zeros([BLOCK_V], tl.float32)
+    w = tl.zeros([BLOCK_V], tl.float32)
     for start in range(col_start, col_end, BLOCK_V):
         cols = start + tl.arange(0, BLOCK_V)
-        z = tl.load(x_row + cols, mask=cols < col_end, other=float("-inf")).to(tl.float32) * scale  # [BLOCK_V]
-        m_new = tl.maximum(m, tl.max(z, axis=0))
-        m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
-        shift = tl.where(m == float("-inf"), 0.0, m - m_ref)
-        alpha = tl.exp2(m - m_ref)
-        d = z - m_ref
+        x = tl.load(x_row + cols, mask=cols < col_end, other=float("-inf")).to(tl.float32)  # [BLOCK_V]
+        m_new = tl.maximum(m, tl.max(x, axis=0))
+        m_ref = _rescale_reference(m_new)
+        shift = tl.where(m == float("-inf"), 0.0, (m - m_ref) * scale)
+        alpha = tl.exp2((m - m_ref) * scale)
+        d = (x - m_ref) * scale
         p = tl.exp2(d)  # the one exp per element; -inf and padding lanes give 0
         w = alpha * (w + s * shift) + tl.where(p > 0.0, p * d, 0.0)  # 0 * -inf must not be NaN
         s = alpha * s + p
@@ -94,17 +102,18 @@ def entropy_fwd_kernel(
         tl.store(part + 2, w_row)
     else:
         _write_row(row, m, s_row, w_row, active, x_row, targets_ptr, h_ptr, logp_ptr, lse_ptr, e_ptr,
-                   V, scale, HAS_TARGETS)
+                   V, inv_t, HAS_TARGETS)
 
 
 @triton.jit
 def entropy_merge_kernel(
     x_ptr, targets_ptr, mask_ptr, h_ptr, logp_ptr, lse_ptr, e_ptr, part_ptr,
-    V, inner_size, outer_stride, inner_stride, scale, n_splits,
+    V, inner_size, outer_stride, inner_stride, inv_t, n_splits,
     HAS_TARGETS: tl.constexpr, HAS_MASK: tl.constexpr, BLOCK_S: tl.constexpr,
 ):
     row = tl.program_id(0)
     x_row = x_ptr + _row_start(row, inner_size, outer_stride, inner_stride)
+    scale = inv_t * LOG2E
     active = True
     if HAS_MASK:
         active = tl.load(mask_ptr + row) != 0
@@ -115,12 +124,12 @@ def entropy_merge_kernel(
     s_k = tl.load(part + 1, mask=valid, other=0.0)
     w_k = tl.load(part + 2, mask=valid, other=0.0)
     m = tl.max(m_k, axis=0)
-    m_ref = tl.where(m == float("-inf"), 0.0, m)
-    a_k = tl.exp2(m_k - m_ref)
-    shift_k = tl.where(m_k == float("-inf"), 0.0, m_k - m_ref)
+    m_ref = _rescale_reference(m)
+    a_k = tl.exp2((m_k - m_ref) * scale)
+    shift_k = tl.where(m_k == float("-inf"), 0.0, (m_k - m_ref) * scale)
     s = tl.sum(a_k * s_k, axis=0)
     w = tl.sum(a_k * (w_k + s_k * shift_k), axis=0)
-    _write_row(row, m, s, w, active, x_row, targets_ptr, h_ptr, logp_ptr, lse_ptr, e_ptr, V, scale, HAS_TARGETS)
+    _write_row(row, m, s, w, active, x_row, targets_ptr, h_ptr, logp_ptr, lse_ptr, e_ptr, V, inv_t, HAS_TARGETS)
 
 
 @triton.jit
@@ -128,8 +137,7 @@ def entropy_bwd_kernel(
     x_ptr, dx_ptr, targets_ptr, mask_ptr, lse_ptr, e_ptr, gh_ptr, gl_ptr,
     V, inner_size, x_outer_stride, x_inner_stride, dx_outer_stride, dx_inner_stride,
     inv_t, split_len,
-    HAS_TARGETS: tl.constexpr, HAS_MASK: tl.constexpr, HAS_GH: tl.constexpr, HAS_GL: tl.constexpr,
-    BLOCK_V: tl.constexpr,
+    HAS_MASK: tl.constexpr, HAS_GH: tl.constexpr, HAS_GL: tl.constexpr, BLOCK_V: tl.constexpr,
 ):
     row = tl.program_id(0)
     split = tl.program_id(1)
@@ -188,9 +196,8 @@ def forward(logits: torch.Tensor, layout: RowLayout, targets, mask, temperature:
     if n == 0:
         return
     cfg = config or launch_config(n, v, logits.element_size(), _num_sms(logits.device))
-    scale = LOG2E / temperature
     dummy = h
-    row_args = (v, layout.inner_size, layout.outer_stride, layout.inner_stride, scale)
+    row_args = (v, layout.inner_size, layout.outer_stride, layout.inner_stride, 1.0 / temperature)
     split = cfg.splits > 1
     part = torch.empty((n, cfg.splits, 3), device=logits.device, dtype=torch.float32) if split else dummy
     with torch.device(logits.device):  # the launch goes to the logits' GPU, not the current one
@@ -226,7 +233,6 @@ def backward(logits: torch.Tensor, layout: RowLayout, grad: torch.Tensor, grad_l
             v, layout.inner_size, layout.outer_stride, layout.inner_stride,
             grad_layout.outer_stride, grad_layout.inner_stride,
             1.0 / temperature, cfg.split_len,
-            HAS_TARGETS=targets is not None, HAS_MASK=mask is not None,
-            HAS_GH=grad_h is not None, HAS_GL=grad_logp is not None, BLOCK_V=cfg.block_v,
+            HAS_MASK=mask is not None, HAS_GH=grad_h is not None, HAS_GL=grad_logp is not None, BLOCK_V=cfg.block_v,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
