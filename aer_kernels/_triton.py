@@ -14,6 +14,8 @@ Backward, one streaming pass: ``dx = (1/T) * (gL * (1[j=y] - p) - gH * p * (z - 
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import triton
 import triton.language as tl
@@ -38,7 +40,15 @@ def _rescale_reference(m):
 
 
 @triton.jit
-def _write_row(row, m, s, w, active, x_row, targets_ptr, h_ptr, logp_ptr, lse_ptr, e_ptr, V, inv_t,
+def _load_target_logit(row, active, x_row, targets_ptr, V):
+    """``(x_y, y in [0, V))``; an out-of-range target is never read."""
+    y = tl.load(targets_ptr + row).to(tl.int64)
+    valid = (y >= 0) & (y < V)
+    return tl.load(x_row + y, mask=valid & active, other=0.0).to(tl.float32), valid
+
+
+@triton.jit
+def _write_row(row, m, s, w, active, x_y, y_valid, h_ptr, logp_ptr, lse_ptr, e_ptr, inv_t,
                HAS_TARGETS: tl.constexpr):
     """Final per-row outputs from the merged ``(m, s, w)``; masked rows get 0."""
     m_ref = _rescale_reference(m)
@@ -49,10 +59,7 @@ def _write_row(row, m, s, w, active, x_row, targets_ptr, h_ptr, logp_ptr, lse_pt
     tl.store(lse_ptr + row, tl.where(active, lse, 0.0))
     tl.store(e_ptr + row, tl.where(active, m_ref * inv_t + w_over_s, 0.0))
     if HAS_TARGETS:
-        y = tl.load(targets_ptr + row).to(tl.int64)
-        valid = (y >= 0) & (y < V)
-        x_y = tl.load(x_row + y, mask=valid & active, other=0.0).to(tl.float32)
-        logp = tl.where(valid, (x_y - m_ref) * inv_t - log_s, float("nan"))
+        logp = tl.where(y_valid, (x_y - m_ref) * inv_t - log_s, float("nan"))
         tl.store(logp_ptr + row, tl.where(active, logp, 0.0))
 
 
@@ -76,6 +83,9 @@ def entropy_fwd_kernel(
     if HAS_MASK:
         active = tl.load(mask_ptr + row) != 0
         col_end = tl.where(active, col_end, col_start)  # masked rows read nothing
+    x_y, y_valid = 0.0, False
+    if HAS_TARGETS and not SPLIT:
+        x_y, y_valid = _load_target_logit(row, active, x_row, targets_ptr, V)  # in flight during the loop
 
     m = tl.full([], float("-inf"), tl.float32)
     s = tl.zeros([BLOCK_V], tl.float32)
@@ -89,7 +99,7 @@ def entropy_fwd_kernel(
         alpha = tl.exp2((m - m_ref) * scale)
         d = (x - m_ref) * scale
         p = tl.exp2(d)  # the one exp per element; -inf and padding lanes give 0
-        w = alpha * (w + s * shift) + tl.where(p > 0.0, p * d, 0.0)  # 0 * -inf must not be NaN
+        w = alpha * (w + s * shift) + p * tl.where(p > 0.0, d, 0.0)  # 0 * -inf must not be NaN
         s = alpha * s + p
         m = m_new
 
@@ -101,8 +111,7 @@ def entropy_fwd_kernel(
         tl.store(part + 1, s_row)
         tl.store(part + 2, w_row)
     else:
-        _write_row(row, m, s_row, w_row, active, x_row, targets_ptr, h_ptr, logp_ptr, lse_ptr, e_ptr,
-                   V, inv_t, HAS_TARGETS)
+        _write_row(row, m, s_row, w_row, active, x_y, y_valid, h_ptr, logp_ptr, lse_ptr, e_ptr, inv_t, HAS_TARGETS)
 
 
 @triton.jit
@@ -129,7 +138,10 @@ def entropy_merge_kernel(
     shift_k = tl.where(m_k == float("-inf"), 0.0, (m_k - m_ref) * scale)
     s = tl.sum(a_k * s_k, axis=0)
     w = tl.sum(a_k * (w_k + s_k * shift_k), axis=0)
-    _write_row(row, m, s, w, active, x_row, targets_ptr, h_ptr, logp_ptr, lse_ptr, e_ptr, V, inv_t, HAS_TARGETS)
+    x_y, y_valid = 0.0, False
+    if HAS_TARGETS:
+        x_y, y_valid = _load_target_logit(row, active, x_row, targets_ptr, V)
+    _write_row(row, m, s, w, active, x_y, y_valid, h_ptr, logp_ptr, lse_ptr, e_ptr, inv_t, HAS_TARGETS)
 
 
 @triton.jit
@@ -179,6 +191,11 @@ def entropy_bwd_kernel(
         tl.store(dx_row + cols, g.to(dx_ptr.dtype.element_ty), mask=in_row)
 
 
+def _on_device_of(t: torch.Tensor):
+    """Launch on the tensor's GPU, not the current one (Triton launches on the current device)."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
 def _num_sms(device: torch.device) -> int:
     if device.type != "cuda":
         return 1
@@ -200,7 +217,7 @@ def forward(logits: torch.Tensor, layout: RowLayout, targets, mask, temperature:
     row_args = (v, layout.inner_size, layout.outer_stride, layout.inner_stride, 1.0 / temperature)
     split = cfg.splits > 1
     part = torch.empty((n, cfg.splits, 3), device=logits.device, dtype=torch.float32) if split else dummy
-    with torch.device(logits.device):  # the launch goes to the logits' GPU, not the current one
+    with _on_device_of(logits):
         entropy_fwd_kernel[(n, cfg.splits)](
             logits, targets if targets is not None else dummy, _mask_arg(mask, dummy),
             h, logp if logp is not None else dummy, lse, e, part,
@@ -226,7 +243,7 @@ def backward(logits: torch.Tensor, layout: RowLayout, grad: torch.Tensor, grad_l
         return
     cfg = config or launch_config(n, v, logits.element_size(), _num_sms(logits.device), backward=True)
     dummy = lse
-    with torch.device(logits.device):
+    with _on_device_of(logits):
         entropy_bwd_kernel[(n, cfg.splits)](
             logits, grad, targets if targets is not None else dummy, _mask_arg(mask, dummy), lse, e,
             grad_h if grad_h is not None else dummy, grad_logp if grad_logp is not None else dummy,
