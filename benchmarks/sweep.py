@@ -1,0 +1,178 @@
+"""Launch-parameter sweep of the aer_kernels forward and backward kernels at the target shapes.
+
+Calls the internal launchers with explicit ``LaunchConfig``s, checks each config's output on a few
+rows against float64, and reports the fastest next to what ``launch_config`` picks today. A staged
+search (block x warps, then stages for the two best, then row splits for the best) keeps it to
+minutes; ``budget_s`` cuts it short, keeping what was measured.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from aer_kernels import _triton
+from aer_kernels._config import LaunchConfig, launch_config
+from aer_kernels._layout import row_layout
+
+from . import results
+from .byte_model import gbps, minimal_bytes
+from .check import check_rows
+from .data import make_logits, make_row_grads
+from .methods import DTYPE_NAMES, formula
+from .suite import bench_device, environment, measure_ceilings
+from .timing import median_ms
+
+SWEEP_SHAPES = list(results.HEADLINE_SHAPES)
+BLOCKS = (2048, 4096, 8192, 16384)
+WARPS = (4, 8, 16)
+STAGES = (1, 2, 3, 4)
+SPLITS = (1, 2, 4, 8, 16, 32)
+# Tolerances against float64 on the checked rows: fp32 accumulation (H), one output rounding (gradient).
+H_ATOL = 1e-3
+GRAD_RTOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
+
+
+def make_config(v: int, block_v: int, num_warps: int, num_stages: int, splits: int) -> LaunchConfig:
+    """A valid config: ``splits`` programs per row, each covering a whole number of blocks."""
+    n_blocks = -(-v // block_v)
+    per_split = -(-n_blocks // max(1, min(splits, n_blocks)))
+    return LaunchConfig(block_v, num_warps, num_stages, -(-n_blocks // per_split), per_split * block_v)
+
+
+class _Shape:
+    """One shape's buffers, float64 truth on the checked rows, and a timer for either kernel."""
+
+    def __init__(self, n: int, v: int, dtype: torch.dtype, device: torch.device):
+        self.n, self.v, self.device = n, v, device
+        self.x = make_logits(n, v, dtype, device)
+        self.layout = row_layout(self.x)
+        self.h, self.lse, self.e = (torch.empty(n, device=device) for _ in range(3))
+        (self.gh,) = make_row_grads(n, 1, device)
+        self.grad = torch.empty_like(self.x)
+        self.idx = torch.tensor(check_rows(n), device=device)
+        rows = self.x[self.idx].double().requires_grad_(True)
+        (h64,) = formula("entropy", rows, None)
+        self.h64 = h64.detach()
+        (self.g64,) = torch.autograd.grad(h64, rows, self.gh[self.idx].double())
+        _triton.forward(self.x, self.layout, None, None, 1.0, self.h, None, self.lse, self.e)  # lse, E for bwd
+
+    def launcher(self, kernel: str, cfg: LaunchConfig):
+        if kernel == "fwd":
+            h, lse, e = (torch.empty_like(self.h) for _ in range(3))
+            return lambda: _triton.forward(self.x, self.layout, None, None, 1.0, h, None, lse, e, config=cfg), h
+        return (lambda: _triton.backward(self.x, self.layout, self.grad, self.layout, None, None, self.lse, self.e,
+                                         self.gh, None, 1.0, config=cfg), self.grad)
+
+    def error(self, kernel: str, out: torch.Tensor) -> Optional[str]:
+        if kernel == "fwd":
+            err = (out[self.idx].double() - self.h64).abs().max().item()
+            return None if err <= H_ATOL else f"H error {err:.3g} > {H_ATOL}"
+        scale = self.g64.abs().max().item() or 1.0
+        err = (out[self.idx].double() - self.g64).abs().max().item() / scale
+        tol = GRAD_RTOL[self.x.dtype]
+        return None if err <= tol else f"gradient error {err:.3g} (relative) > {tol}"
+
+
+def _measure(shape: _Shape, kernel: str, cfg: LaunchConfig, copy_gbps: float) -> dict:
+    row = {"kernel": kernel, "N": shape.n, "V": shape.v, "dtype": DTYPE_NAMES[shape.x.dtype], **cfg._asdict()}
+    try:
+        run, out = shape.launcher(kernel, cfg)
+        run()
+        failed = shape.error(kernel, out)
+        if failed:
+            return {**row, "error": failed}
+        ms = median_ms(run, shape.device, warmup_ms=5, rep_ms=25)
+    except Exception as exc:  # a config the compiler refuses (shared memory, registers) is a result too
+        return {**row, "error": f"{type(exc).__name__}: {str(exc).strip()[:160]}"}
+    mode = "fwd" if kernel == "fwd" else "bwd"
+    rate = gbps(minimal_bytes("entropy", mode, shape.n, shape.v, shape.x.element_size()), ms)
+    return {**row, "ms": ms, "gbps": rate, "pct_copy": 100.0 * rate / copy_gbps}
+
+
+def _staged_candidates(default: LaunchConfig, n: int, v: int, num_sms: int, best):
+    """Yield configs stage by stage; ``best(k)`` gives the k fastest measured so far."""
+    for block_v, warps in itertools.product(BLOCKS, WARPS):
+        yield make_config(v, block_v, warps, default.num_stages, default.splits)
+    for cfg in best(2):
+        for stages in STAGES:
+            yield make_config(v, cfg.block_v, cfg.num_warps, stages, cfg.splits)
+    top = best(1)
+    splits = SPLITS if n < 8 * num_sms else SPLITS[:2]  # more programs per row only help when rows are few
+    for cfg in top:
+        for s in splits:
+            yield make_config(v, cfg.block_v, cfg.num_warps, cfg.num_stages, s)
+
+
+def run(shapes, dtype: torch.dtype, output_dir: Path, repo: Path, budget_s: Optional[float] = None) -> Optional[Path]:
+    from aer_kernels._validate import interpreter_enabled
+
+    device = bench_device()
+    if device.type != "cuda" and not interpreter_enabled():
+        print("sweep: the launch sweep times the Triton kernels and needs a CUDA GPU "
+              "(TRITON_INTERPRET=1 runs it on a CPU as a dry run, timings meaningless)")
+        return None
+    num_sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+    doc = environment(device, repo)
+    doc.update(num_sms=num_sms, results=[], default=[], best=[])
+    path = results.results_path(output_dir, doc, prefix="sweep-")
+    start = time.perf_counter()
+
+    def over() -> bool:
+        return budget_s is not None and time.perf_counter() - start > budget_s
+
+    try:
+        for n, v in shapes:
+            if over():
+                break
+            shape = _Shape(n, v, dtype, device)
+            copy_gbps = measure_ceilings(shape.x, device)["copy_gbps"]
+            for kernel in ("fwd", "bwd"):
+                default = launch_config(n, v, shape.x.element_size(), num_sms, backward=kernel == "bwd")
+                measured: dict[LaunchConfig, dict] = {default: _measure(shape, kernel, default, copy_gbps)}
+
+                def best(k, measured=measured):
+                    ok = sorted((r["ms"], cfg) for cfg, r in measured.items() if "ms" in r)
+                    return [cfg for _, cfg in ok[:k]]
+
+                for cfg in _staged_candidates(default, n, v, num_sms, best):
+                    if over():
+                        print(f"sweep: time budget of {budget_s:.0f} s spent")
+                        break
+                    if cfg not in measured:
+                        measured[cfg] = _measure(shape, kernel, cfg, copy_gbps)
+                doc["results"] += measured.values()
+                doc["default"].append(measured[default])
+                if best(1):
+                    doc["best"].append(measured[best(1)[0]])
+                _report(kernel, n, v, measured, default, best)
+            del shape
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            results.write(path, doc)
+    finally:
+        results.write(path, doc)
+        print(f"wrote {path}")
+    return path
+
+
+def _fmt(cfg: LaunchConfig, row: dict) -> str:
+    what = (f"block_v={cfg.block_v} warps={cfg.num_warps} stages={cfg.num_stages} splits={cfg.splits}"
+            f" split_len={cfg.split_len}")
+    if "ms" not in row:
+        return f"{what}: {row['error']}"
+    return f"{what}: {row['ms']:.4f} ms, {row['gbps']:.0f} GB/s, {row['pct_copy']:.1f}% of copy"
+
+
+def _report(kernel, n, v, measured, default, best) -> None:
+    print(f"sweep {kernel} {n} x {v}: {len(measured)} configs")
+    failed = [(cfg, r) for cfg, r in measured.items() if "ms" not in r]
+    for cfg, row in failed:
+        print(f"  failed   {_fmt(cfg, row)}")
+    print(f"  default  {_fmt(default, measured[default])}")
+    for cfg in best(3):
+        print(f"  best     {_fmt(cfg, measured[cfg])}")

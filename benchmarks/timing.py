@@ -1,0 +1,44 @@
+"""Medians of a call's time, and the extra memory it allocates at its peak."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable, Optional
+
+import torch
+
+
+def median_ms(fn: Callable[[], object], device: torch.device, *, warmup_ms: int = 25, rep_ms: int = 100) -> float:
+    """CUDA: ``triton.testing.do_bench`` median (CUDA events, L2 flushed). CPU: median wall time."""
+    if device.type == "cuda":
+        from triton.testing import do_bench
+
+        return float(do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median"))
+    return _cpu_median_ms(fn)
+
+
+def _cpu_median_ms(fn, *, budget_s: float = 0.02, min_reps: int = 3, max_reps: int = 50) -> float:
+    """CPU figures are a smoke check of the suite: a few repetitions suffice."""
+    fn()
+    times = []
+    deadline = time.perf_counter() + budget_s
+    while len(times) < min_reps or (len(times) < max_reps and time.perf_counter() < deadline):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def peak_extra_bytes(fn: Callable[[], object], device: torch.device) -> Optional[int]:
+    """Peak allocated during one call minus what was allocated before it (outputs included); None on CPU."""
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    out = fn()
+    torch.cuda.synchronize(device)
+    peak = torch.cuda.max_memory_allocated(device) - before
+    del out
+    return int(peak)

@@ -1,0 +1,70 @@
+"""The benchmark CLI end to end on a CPU: ``--quick`` into a temporary folder, then ``--readme-table``."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+ROW_KEYS = {"op", "mode", "method", "N", "V", "dtype", "ms", "gbps", "pct_copy", "peak_extra_bytes"}
+TOP_KEYS = {"device", "torch", "triton", "commit", "date", "copy_gbps", "rows"}
+
+
+def _cli(*args, out: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "CUDA_VISIBLE_DEVICES")}
+    env.update(PYTHONPATH=str(REPO), MPLBACKEND="Agg", CUDA_VISIBLE_DEVICES="")  # the CPU path, on any box
+    return subprocess.run([sys.executable, "-m", "benchmarks", *args, "--output-dir", str(out)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    run = _cli("--quick", out=out)
+    assert run.returncode == 0, run.stdout + run.stderr
+    return out, run.stdout
+
+
+def test_quick_run_writes_results_json(quick_run):
+    out, stdout = quick_run
+    (path,) = out.glob("cpu-*.json")
+    doc = json.loads(path.read_text())
+    assert TOP_KEYS <= doc.keys()
+    assert doc["device"] == "cpu" and doc["copy_gbps"] > 0
+    assert path.name == f"cpu-{doc['date']}.json"
+    rows = doc["rows"]
+    assert {r["op"] for r in rows} == {"entropy", "logprobs_and_entropy"}
+    assert {r["mode"] for r in rows} == {"fwd", "bwd", "fwd+bwd"}
+    assert {"aer_kernels", "eager_bf16", "eager_fp32", "chunked"} <= {r["method"] for r in rows}
+    assert len({r["N"] for r in rows}) >= 2
+    for row in rows:
+        assert ROW_KEYS <= row.keys()
+        assert row["dtype"] == "bf16" and row["peak_extra_bytes"] is None
+        assert row["ms"] > 0 and row["gbps"] > 0 and row["pct_copy"] > 0
+    assert "kernel figures need a GPU" in stdout
+    assert "trl: skipped" in stdout and "liger_ce: skipped" in stdout
+
+
+def test_quick_run_writes_png(quick_run):
+    out, _ = quick_run
+    (png,) = out.glob("cpu-*.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_readme_table_names_the_card(quick_run):
+    out, _ = quick_run
+    run = _cli("--readme-table", out=out)
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert "**cpu**" in lines[0]
+    header = next(line for line in lines if line.startswith("| op |"))
+    assert "aer_kernels" in header and "eager_fp32" in header
+    assert any(line.startswith("| entropy | fwd | 64 x 1000 |") for line in lines)
+
+
+def test_readme_table_without_results_fails_clearly(tmp_path):
+    run = _cli("--readme-table", out=tmp_path)
+    assert run.returncode == 1 and "no results file" in run.stderr
