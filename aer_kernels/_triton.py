@@ -191,7 +191,7 @@ def entropy_bwd_kernel(
         tl.store(dx_row + cols, g.to(dx_ptr.dtype.element_ty), mask=in_row)
 
 
-def _on_device_of(t: torch.Tensor):
+def on_device_of(t: torch.Tensor):
     """Launch on the tensor's GPU, not the current one (Triton launches on the current device)."""
     return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
@@ -217,7 +217,7 @@ def forward(logits: torch.Tensor, layout: RowLayout, targets, mask, temperature:
     row_args = (v, layout.inner_size, layout.outer_stride, layout.inner_stride, 1.0 / temperature)
     split = cfg.splits > 1
     part = torch.empty((n, cfg.splits, 3), device=logits.device, dtype=torch.float32) if split else dummy
-    with _on_device_of(logits):
+    with on_device_of(logits):
         entropy_fwd_kernel[(n, cfg.splits)](
             logits, targets if targets is not None else dummy, _mask_arg(mask, dummy),
             h, logp if logp is not None else dummy, lse, e, part,
@@ -243,7 +243,7 @@ def backward(logits: torch.Tensor, layout: RowLayout, grad: torch.Tensor, grad_l
         return
     cfg = config or launch_config(n, v, logits.element_size(), _num_sms(logits.device), backward=True)
     dummy = lse
-    with _on_device_of(logits):
+    with on_device_of(logits):
         entropy_bwd_kernel[(n, cfg.splits)](
             logits, grad, targets if targets is not None else dummy, _mask_arg(mask, dummy), lse, e,
             grad_h if grad_h is not None else dummy, grad_logp if grad_logp is not None else dummy,

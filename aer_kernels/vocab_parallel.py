@@ -1,0 +1,236 @@
+"""Exact log-probs and entropy when the vocabulary is sharded over a process group (Megatron-style LM head).
+
+Rank ``r`` holds the logits of vocabulary ids ``[v_r, v_r + V_r)``; with ``z = x / T``, its kernel pass over
+its shard gives per row ``lse_r = log Σ_{j in r} exp z_j``, ``H_r`` (the entropy of the shard's own softmax)
+and, when it holds the target, ``z_y - lse_r``. With the reference ``M = max_r lse_r`` (all-reduce MAX) and
+``a_r = exp(lse_r - M)``, one all-reduce SUM of the stacked rows
+
+    S = Σ_r a_r      W = Σ_r a_r (lse_r - M - H_r)      Z = Σ_{r holds y} (z_y - M)      C = #{r holds y}
+
+gives the global statistics of the row (``E_r = lse_r - H_r`` and ``E = Σ_r a_r E_r / S``):
+
+    lse = M + log S      E = M + W / S      H = lse - E = log S - W / S      logp = Z - log S  (NaN unless C = 1)
+
+Every term is relative to ``M``, so huge logits do not cancel. A shard whose row is all ``-inf``
+(``lse_r = -inf``), or that is empty, contributes nothing; it is dropped by a select on ``lse_r = -inf``,
+not a multiply, so a NaN ``lse_r`` (``+inf`` or NaN logits) still makes the row NaN on every rank.
+Communicated per row: 4 bytes (MAX) + 16 bytes (SUM), 8 for the entropy alone; never ``[N, V]`` data.
+
+Backward needs no communication: ``dx_j = (1/T)[gL (1[j=y] - p_j) - gH p_j (z_j - E)]`` with
+``p_j = exp(z_j - lse)`` involves only the shard's own logits and the global ``lse`` and ``E``: the single-GPU
+backward with the target shifted by ``-v_r`` (outside ``[0, V_r)``: no one-hot term on this shard).
+
+Precision: ``lse_r`` is fp32, so ``lse_r - M`` carries an absolute error of about ``ulp(|lse|)``
+(1e-5 at ``|lse|`` = 100), which ``H`` inherits; the single-GPU ``logp`` has the same error.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from . import entropy as _single_gpu_ops  # noqa: F401  registers aer_kernels::forward and ::backward
+from ._layout import with_row_layout
+from ._validate import check_logits, check_row_tensor, check_temperature, resolve_backend
+
+_NEG_INF = float("-inf")
+
+
+def _stats_dtype(logits: Tensor) -> torch.dtype:
+    return torch.float64 if logits.dtype == torch.float64 else torch.float32
+
+
+def _masked(values: Tensor, mask: Optional[Tensor]) -> Tensor:
+    return values if mask is None else torch.where(mask, values, 0.0)
+
+
+def _partials_reference(lse, h, logp, targets, row_max, vocab, sums) -> None:
+    empty = lse == _NEG_INF
+    rel = lse - row_max
+    a = torch.where(empty, 0.0, torch.exp(rel))
+    sums[0] = a
+    sums[1] = torch.where(empty, 0.0, a * (rel - h))
+    if targets is not None:
+        owned = (targets >= 0) & (targets < vocab)
+        z_rel = torch.where(empty, _NEG_INF, logp + rel)  # z_y - M; an all -inf shard row has z_y = -inf
+        sums[2] = torch.where(owned, z_rel, 0.0)
+        sums[3] = owned
+
+
+def _combine_reference(row_max, sums, mask, h, logp, lse, e) -> None:
+    log_s = torch.log(sums[0])
+    w_over_s = sums[1] / sums[0]
+    h.copy_(_masked(log_s - w_over_s, mask))
+    lse.copy_(_masked(row_max + log_s, mask))
+    e.copy_(_masked(row_max + w_over_s, mask))
+    if sums.shape[0] == 4:
+        logp.copy_(_masked(torch.where(sums[3] == 1, sums[2] - log_s, float("nan")), mask))
+
+
+def _kernels(backend: str):
+    if backend == "triton":
+        from . import _triton_vocab_parallel
+
+        return _triton_vocab_parallel.partials, _triton_vocab_parallel.combine
+    return _partials_reference, _combine_reference
+
+
+@torch.library.custom_op("aer_kernels::vocab_parallel_partials", mutates_args=())
+def _partials(lse: Tensor, h: Tensor, logp: Tensor, targets: Optional[Tensor], row_max: Tensor, vocab: int,
+              backend: str) -> Tensor:
+    """``[S, W]`` (entropy) or ``[S, W, Z, C]`` rows of one shard, to be summed over ranks."""
+    sums = lse.new_empty((2 if targets is None else 4, lse.numel()))
+    _kernels(backend)[0](lse, h, logp, targets, row_max, vocab, sums)
+    return sums
+
+
+@_partials.register_fake
+def _(lse, h, logp, targets, row_max, vocab, backend):
+    return lse.new_empty((2 if targets is None else 4, lse.numel()))
+
+
+@torch.library.custom_op("aer_kernels::vocab_parallel_combine", mutates_args=())
+def _combine(row_max: Tensor, sums: Tensor, mask: Optional[Tensor],
+             backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(H, logp, lse, E)`` per row from the global ``M`` and the summed partials; masked rows get 0."""
+    n = row_max.numel()
+    h, lse, e = (torch.empty_like(row_max) for _ in range(3))
+    logp = row_max.new_empty(n if sums.shape[0] == 4 else 0)
+    _kernels(backend)[1](row_max, sums, mask, h, logp, lse, e)
+    return h, logp, lse, e
+
+
+@_combine.register_fake
+def _(row_max, sums, mask, backend):
+    n = row_max.numel()
+    return (row_max.new_empty(n), row_max.new_empty(n if sums.shape[0] == 4 else 0),
+            row_max.new_empty(n), row_max.new_empty(n))
+
+
+def _global_forward(logits, local_targets, mask, temperature, backend, group, world_size):
+    """Global ``(H, logp, lse, E)`` per row: one kernel pass on the shard, then the two all-reduces."""
+    n, vocab = math.prod(logits.shape[:-1]), logits.shape[-1]
+    if vocab:
+        h_r, logp_r, lse_r, _ = torch.ops.aer_kernels.forward(logits, local_targets, mask, temperature, backend,
+                                                              False)
+    else:  # an empty shard: no probability mass
+        lse_r = torch.full((n,), _NEG_INF, device=logits.device, dtype=_stats_dtype(logits))
+        h_r = logp_r = torch.zeros_like(lse_r)
+    row_max = lse_r
+    if world_size > 1:
+        row_max = lse_r.clone()
+        dist.all_reduce(row_max, op=dist.ReduceOp.MAX, group=group)
+    sums = torch.ops.aer_kernels.vocab_parallel_partials(lse_r, h_r, logp_r, local_targets, row_max, vocab,
+                                                         backend)
+    if world_size > 1:
+        dist.all_reduce(sums, op=dist.ReduceOp.SUM, group=group)
+    return torch.ops.aer_kernels.vocab_parallel_combine(row_max, sums, mask, backend)
+
+
+class _VocabParallel(torch.autograd.Function):
+    """Flat ``(H, logp)`` of the shard's rows; the gradient is the shard's own, computed without communication."""
+
+    @staticmethod
+    def forward(ctx, logits, local_targets, mask, temperature, backend, group, world_size):
+        h, logp, lse, e = _global_forward(logits, local_targets, mask, temperature, backend, group, world_size)
+        ctx.set_materialize_grads(False)  # an unused output's gradient arrives as None: no work for it
+        ctx.save_for_backward(logits, local_targets, mask, lse, e, logp)
+        ctx.temperature, ctx.backend = temperature, backend
+        return h, logp
+
+    @staticmethod
+    def backward(ctx, grad_h, grad_logp):
+        logits, local_targets, mask, lse, e, logp = ctx.saved_tensors
+        if grad_h is None and grad_logp is None:
+            return (None,) * 7
+        if logits.shape[-1] == 0:
+            return (torch.zeros_like(logits),) + (None,) * 6
+        if grad_logp is not None:
+            # logp is NaN where no single shard holds the target (outside the global vocabulary): so is its
+            # gradient, as on one GPU. A row NaN for any other reason has no distribution: its gradient is NaN anyway.
+            grad_logp = torch.where(torch.isnan(logp), float("nan"), grad_logp)
+        grad = torch.ops.aer_kernels.backward(logits, local_targets if grad_logp is not None else None, mask, lse, e,
+                                              grad_h, grad_logp, ctx.temperature, ctx.backend)
+        return (grad,) + (None,) * 6
+
+
+def _world_size(group) -> int:
+    if not (dist.is_available() and dist.is_initialized()):
+        if group is not None:
+            raise ValueError("group: torch.distributed is not initialised; leave group=None for a single process")
+        return 1
+    size = dist.get_world_size(group)
+    if size < 1:
+        raise ValueError(f"group: this rank (global rank {dist.get_rank()}) is not a member of the given group")
+    return size
+
+
+def _check_vocab_start(vocab_start) -> None:
+    if isinstance(vocab_start, bool) or not isinstance(vocab_start, int):
+        raise TypeError(f"vocab_start must be a Python int (the shard's first global token id), "
+                        f"got {type(vocab_start).__name__}")
+    if vocab_start < 0:
+        raise ValueError(f"vocab_start must be >= 0, got {vocab_start}")
+
+
+def _check_shard(local_logits, world_size: int) -> None:
+    """An empty shard is legal when other ranks hold the vocabulary; a world of one needs a non-empty one."""
+    empty_shard = isinstance(local_logits, Tensor) and local_logits.dim() > 0 and local_logits.shape[-1] == 0
+    if world_size == 1 or not empty_shard:
+        check_logits(local_logits)
+    elif not local_logits.is_floating_point():
+        raise TypeError(f"logits must be float32, float16 or bfloat16, got {local_logits.dtype}")
+
+
+def _run(local_logits, targets, vocab_start, group, temperature, mask, backend):
+    world_size = _world_size(group)
+    _check_shard(local_logits, world_size)
+    if targets is not None:
+        _check_vocab_start(vocab_start)
+        check_row_tensor("targets", targets, local_logits, kind="int")
+    if mask is not None:
+        check_row_tensor("mask", mask, local_logits, kind="bool")
+    temperature = check_temperature(temperature)
+    backend = resolve_backend(backend, local_logits)
+
+    lead = local_logits.shape[:-1]
+    local_targets = None if targets is None else (targets.to(torch.int64) - vocab_start).reshape(-1).contiguous()
+    flat_mask = None if mask is None else mask.reshape(-1).contiguous()
+    h, logp = _VocabParallel.apply(with_row_layout(local_logits), local_targets, flat_mask, temperature, backend,
+                                   group, world_size)
+    return h.view(lead), (logp.view(lead) if targets is not None else None)
+
+
+def vocab_parallel_logprobs_and_entropy(local_logits: Tensor, targets: Tensor, *, vocab_start: int, group=None,
+                                        temperature: float = 1.0, mask: Optional[Tensor] = None,
+                                        backend: str = "auto") -> tuple[Tensor, Tensor]:
+    """``(logp, H)`` of the full-vocabulary softmax, from this rank's shard ``local_logits`` ``[..., V_local]``.
+
+    Equals ``logprobs_and_entropy(torch.cat(shards, -1), targets, ...)`` on every rank of ``group`` (default:
+    the world; a single process when ``torch.distributed`` is not initialised). ``local_logits`` covers global
+    ids ``[vocab_start, vocab_start + V_local)``; ``targets`` hold global ids. Both outputs fp32 with shape
+    ``local_logits.shape[:-1]``, both differentiable: each rank gets the gradient of its own shard.
+
+    Every rank must call with the same ``targets``, ``mask``, ``temperature`` and row count, and the shards must
+    tile the vocabulary without overlap. That is not checked (it would need a host sync): a target held by no
+    shard, or by two, gives ``logp`` NaN on that row; other mismatches give wrong values or a collective error.
+    """
+    if targets is None:
+        raise TypeError("targets must be a torch.Tensor of global token ids; use vocab_parallel_entropy() "
+                        "for entropy alone")
+    h, logp = _run(local_logits, targets, vocab_start, group, temperature, mask, backend)
+    return logp, h
+
+
+def vocab_parallel_entropy(local_logits: Tensor, *, group=None, temperature: float = 1.0,
+                           mask: Optional[Tensor] = None, backend: str = "auto") -> Tensor:
+    """Entropy (nats, fp32) of the full-vocabulary softmax, from this rank's shard ``[..., V_local]``.
+
+    Equals ``entropy(torch.cat(shards, -1), ...)`` on every rank of ``group``; differentiable (each rank gets
+    the gradient of its own shard). Same requirements as ``vocab_parallel_logprobs_and_entropy``.
+    """
+    return _run(local_logits, None, 0, group, temperature, mask, backend)[0]
