@@ -2,17 +2,15 @@
 
 import datetime
 import json
-import socket
-import time
 import warnings
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from aer import AERConfig, AERController, entropy_stats, group_accuracy
+from multiprocess import run_workers
 
 pytestmark = pytest.mark.distributed
 
@@ -60,7 +58,7 @@ def run(ctrl: AERController, responses: torch.Tensor, **update_kwargs) -> dict:
     return {"state": ctrl.state_dict(), "coefs": coefs, "lambdas": lambdas}
 
 
-def worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
+def worker(rank: int, port: int, world_size: int, out_dir: str) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size,
                             timeout=datetime.timedelta(seconds=60))
     try:
@@ -84,26 +82,9 @@ def worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def spawn(world_size: int, out_dir: Path) -> None:
-    context = mp.start_processes(worker, args=(world_size, free_port(), str(out_dir)), nprocs=world_size,
-                                 join=False, start_method="spawn")
-    deadline = time.monotonic() + TIMEOUT_S
-    while not context.join(timeout=1):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            pytest.fail(f"distributed workers did not finish within {TIMEOUT_S} s")
-
-
 @pytest.mark.parametrize("world_size", [2, 3])
 def test_every_rank_matches_a_single_process_on_the_concatenated_batch(world_size, tmp_path):
-    spawn(world_size, tmp_path)
+    run_workers(worker, world_size, world_size, str(tmp_path), timeout_s=TIMEOUT_S)
     results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(world_size)]
 
     single = run(AERController(CONFIG), torch.arange(PROMPTS * GROUP))

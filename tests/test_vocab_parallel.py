@@ -3,15 +3,13 @@ result on the concatenated logits (float64 truth, the tolerance rule of KERNELS.
 
 import datetime
 import os
-import socket
-import time
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 import aer_kernels as ak
+from multiprocess import run_workers
 from numerics import assert_within_rule, formula, realistic_logits, truth
 
 WORLD = 3
@@ -162,36 +160,15 @@ def worker(rank, port, backend, dtypes):
         dist.destroy_process_group()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def spawn(backend, dtypes):
-    """Run ``worker`` on WORLD gloo ranks; a rank's failure, or any rank still running after TIMEOUT_S, fails."""
-    ctx = mp.start_processes(worker, args=(free_port(), backend, dtypes), nprocs=WORLD, join=False,
-                             start_method="spawn")
-    deadline = time.monotonic() + TIMEOUT_S
-    try:
-        while not ctx.join(timeout=max(deadline - time.monotonic(), 0.1)):  # returns as each rank ends
-            if time.monotonic() >= deadline:
-                pytest.fail(f"vocab-parallel workers still running after {TIMEOUT_S} s")
-    finally:
-        for p in ctx.processes:
-            if p.is_alive():
-                p.kill()
-
-
 @pytest.mark.distributed
 def test_shards_match_single_process_reference():
-    spawn("reference", REFERENCE_DTYPES)
+    run_workers(worker, WORLD, "reference", REFERENCE_DTYPES, timeout_s=TIMEOUT_S)
 
 
 @pytest.mark.distributed
 @pytest.mark.interpreter
 def test_shards_match_single_process_triton():
-    spawn("triton", TRITON_DTYPES)
+    run_workers(worker, WORLD, "triton", TRITON_DTYPES, timeout_s=TIMEOUT_S)
 
 
 def test_world_of_one_without_init_equals_single_process():
