@@ -3,7 +3,7 @@
 Same functions, arguments and numerics as the Triton kernels (fp32 accumulation; float64 logits
 are accumulated in float64, which lets ``torch.autograd.gradcheck`` verify the formulas). Rows are
 processed in chunks of at most ``max(V, CHUNK_ELEMENTS)`` elements, so the extra memory of a call
-is bounded by about three fp32 buffers of that size (48 MiB at V = 151 936), plus the outputs,
+is bounded by about two fp32 buffers of that size (32 MiB at V = 151 936), plus the outputs,
 whatever the number of rows.
 """
 
@@ -60,13 +60,13 @@ def forward(logits, layout: RowLayout, targets, mask, temperature, h, logp, lse,
     acc = _acc_dtype(logits.dtype)
     for so, si, r0, count in _chunks(layout):
         rows = slice(r0, r0 + count)
-        z = x3[so, si].reshape(count, layout.vocab).to(acc) / temperature  # [R, V]
+        z = x3[so, si].reshape(count, layout.vocab).to(acc, copy=True).div_(temperature)  # [R, V], one buffer
         m = z.amax(dim=-1, keepdim=True)  # NaN propagates
         m_ref = torch.where(m == float("-inf"), 0.0, m)
         d = z.sub_(m_ref)
-        p = torch.exp(d)
+        p = torch.exp(d)  # the second and last [R, V] buffer
         s = p.sum(-1)
-        w = torch.where(p > 0, p * d, 0.0).sum(-1)  # 0 * -inf must not be NaN
+        w = p.mul_(d).nansum(-1)  # drops 0 * -inf; a NaN logit already made s NaN
         m_ref = m_ref.squeeze(-1)
         row_lse = m_ref + torch.log(s)
         row_h = torch.log(s) - w / s
@@ -95,23 +95,21 @@ def backward(logits, layout: RowLayout, grad, grad_layout: RowLayout, targets, m
     acc = _acc_dtype(logits.dtype)
     for so, si, r0, count in _chunks(layout):
         rows = slice(r0, r0 + count)
-        x = x3[so, si].reshape(count, layout.vocab).to(acc)
-        z = x / temperature
+        z = x3[so, si].reshape(count, layout.vocab).to(acc, copy=True).div_(temperature)  # [R, V]
         row_lse = lse[rows, None].to(acc)
-        row_ok = torch.isfinite(row_lse)
-        p = torch.exp(z - row_lse)  # [R, V]
-        g = torch.zeros_like(p)
-        if grad_h is not None:
-            g -= grad_h[rows, None].to(acc) * (z - e[rows, None].to(acc))
+        # -inf logits get gradient 0 (not 0 * inf) unless the row has no distribution (lse not finite).
+        zero = (z == float("-inf")) & torch.isfinite(row_lse)
+        p = torch.exp(z - row_lse)  # the second [R, V] buffer
+        g = z.sub_(e[rows, None].to(acc)).mul_(-grad_h[rows, None].to(acc)) if grad_h is not None else z.zero_()
         if grad_logp is not None:
-            g -= grad_logp[rows, None].to(acc)
-        g = torch.where((x == float("-inf")) & row_ok, 0.0, p * g)
+            g.sub_(grad_logp[rows, None].to(acc))
+        g = g.mul_(p).masked_fill_(zero, 0.0)
         if grad_logp is not None:
             y = targets[rows].long()
             in_vocab = (y >= 0) & (y < layout.vocab)  # outside [0, V): no one-hot term
             one_hot = torch.where(in_vocab, grad_logp[rows].to(acc), 0.0)
             g.scatter_add_(-1, y.clamp(0, layout.vocab - 1)[:, None], one_hot[:, None])
-        g /= temperature
+        g.div_(temperature)
         if mask is not None:
-            g = torch.where(mask[rows, None], g, 0.0)
+            g.masked_fill_(~mask[rows, None], 0.0)
         g3[so, si] = g.view(g3[so, si].shape).to(grad.dtype)

@@ -197,8 +197,9 @@ def test_deterministic(backend, device):
                            b.view(torch.uint8) if b.dtype == torch.bfloat16 else b)
 
 
-def test_inputs_unchanged(backend, device):
-    x = torch.randn(3, 4, 77, device=device, dtype=torch.float16)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_inputs_unchanged(backend, device, dtype):
+    x = torch.randn(3, 4, 77, device=device, dtype=dtype)
     saved = x.clone()
     run(x, torch.zeros(3, 4, dtype=torch.long, device=device), 1.0, None, backend,
         torch.ones(3, 4, device=device), torch.ones(3, 4, device=device))
