@@ -1,4 +1,4 @@
-"""Per-token entropy and target log-prob, top to bottom: launchers -> torch.library ops -> autograd -> public API.
+"""Per-token entropy and target log-prob, top to bottom: torch.library ops -> autograd -> public API.
 
 The ops are ``aer_kernels::forward`` (returns ``H``, ``logp``, ``lse``, ``E`` per row),
 ``aer_kernels::backward`` (a new gradient buffer) and ``aer_kernels::backward_`` (the gradient
@@ -16,19 +16,12 @@ from . import reference
 from ._layout import row_layout, with_row_layout
 from ._validate import check_args
 
-_ACC = {torch.float64: torch.float64}
-
-
 def _impl(backend: str):
     if backend == "triton":
         from . import _triton
 
         return _triton
     return reference
-
-
-def _out_dtype(logits: Tensor) -> torch.dtype:
-    return _ACC.get(logits.dtype, torch.float32)
 
 
 def _row_arg(t: Optional[Tensor]) -> Optional[Tensor]:
@@ -40,7 +33,7 @@ def _forward(logits: Tensor, targets: Optional[Tensor], mask: Optional[Tensor], 
              backend: str, inplace_backward: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     layout = row_layout(logits)
     n = layout.n_rows
-    out = dict(device=logits.device, dtype=_out_dtype(logits))
+    out = dict(device=logits.device, dtype=reference.accumulation_dtype(logits.dtype))
     h, lse, e = (torch.empty(n, **out) for _ in range(3))
     logp = torch.empty(n if targets is not None else 0, **out)
     _impl(backend).forward(logits, layout, _row_arg(targets), _row_arg(mask), temperature,
@@ -51,7 +44,7 @@ def _forward(logits: Tensor, targets: Optional[Tensor], mask: Optional[Tensor], 
 @_forward.register_fake
 def _(logits, targets, mask, temperature, backend, inplace_backward):
     n = logits.numel() // logits.shape[-1]
-    out = dict(device=logits.device, dtype=_out_dtype(logits))
+    out = dict(device=logits.device, dtype=reference.accumulation_dtype(logits.dtype))
     return (logits.new_empty(n, **out), logits.new_empty(n if targets is not None else 0, **out),
             logits.new_empty(n, **out), logits.new_empty(n, **out))
 

@@ -50,14 +50,15 @@ def _chunks(layout: RowLayout):
             yield slice(o, p), slice(0, inner), o * inner, (p - o) * inner
 
 
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """fp32 for every logits dtype but float64, which keeps float64 (the dtype of the per-row outputs too)."""
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def forward(logits, layout: RowLayout, targets, mask, temperature, h, logp, lse, e) -> None:
     """Fill ``h``, ``lse``, ``e`` (and ``logp``) like the Triton forward kernel."""
     x3 = layout.as_3d(logits)
-    acc = _acc_dtype(logits.dtype)
+    acc = accumulation_dtype(logits.dtype)
     for so, si, r0, count in _chunks(layout):
         rows = slice(r0, r0 + count)
         z = x3[so, si].reshape(count, layout.vocab).to(acc, copy=True).div_(temperature)  # [R, V], one buffer
@@ -92,7 +93,7 @@ def backward(logits, layout: RowLayout, grad, grad_layout: RowLayout, targets, m
     """Write the gradient into ``grad`` (possibly ``logits`` itself) like the Triton backward kernel."""
     x3 = layout.as_3d(logits)
     g3 = grad_layout.as_3d(grad)
-    acc = _acc_dtype(logits.dtype)
+    acc = accumulation_dtype(logits.dtype)
     for so, si, r0, count in _chunks(layout):
         rows = slice(r0, r0 + count)
         z = x3[so, si].reshape(count, layout.vocab).to(acc, copy=True).div_(temperature)  # [R, V]

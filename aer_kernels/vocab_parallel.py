@@ -36,12 +36,9 @@ from torch import Tensor
 from . import entropy as _single_gpu_ops  # noqa: F401  registers aer_kernels::forward and ::backward
 from ._layout import with_row_layout
 from ._validate import check_logits, check_row_tensor, check_temperature, resolve_backend
+from .reference import accumulation_dtype
 
 _NEG_INF = float("-inf")
-
-
-def _stats_dtype(logits: Tensor) -> torch.dtype:
-    return torch.float64 if logits.dtype == torch.float64 else torch.float32
 
 
 def _masked(values: Tensor, mask: Optional[Tensor]) -> Tensor:
@@ -118,7 +115,7 @@ def _global_forward(logits, local_targets, mask, temperature, backend, group, wo
         h_r, logp_r, lse_r, _ = torch.ops.aer_kernels.forward(logits, local_targets, mask, temperature, backend,
                                                               False)
     else:  # an empty shard: no probability mass
-        lse_r = torch.full((n,), _NEG_INF, device=logits.device, dtype=_stats_dtype(logits))
+        lse_r = torch.full((n,), _NEG_INF, device=logits.device, dtype=accumulation_dtype(logits.dtype))
         h_r = logp_r = torch.zeros_like(lse_r)
     row_max = lse_r
     if world_size > 1:
