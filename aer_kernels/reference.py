@@ -113,4 +113,4 @@ def backward(logits, layout: RowLayout, grad, grad_layout: RowLayout, targets, m
         g.div_(temperature)
         if mask is not None:
             g.masked_fill_(~mask[rows, None], 0.0)
-        g3[so, si] = g.view(g3[so, si].shape).to(grad.dtype)
+        g3[so, si].copy_(g.view(g3[so, si].shape))  # converts to the gradient dtype while copying
