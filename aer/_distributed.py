@@ -18,11 +18,12 @@ def reduce_entropy_stats(
     """(Σ entropy_sum, Σ token_count) over the ranks of `group` as Python floats.
 
     Both numbers travel as one 2-element fp64 tensor: one all-reduce when torch.distributed is initialised,
-    then one host read. The tensor lives where the backend communicates: CUDA for NCCL, CPU otherwise (gloo).
+    then one host read. The tensor lives where the backend communicates: for NCCL, the inputs' own CUDA device
+    (else the current CUDA device); CPU otherwise (gloo).
     """
     pair = _as_pair(entropy_sum, token_count)
     if dist.is_available() and dist.is_initialized():
-        pair = pair.to(_communication_device(group))
+        pair = pair.to(_communication_device(pair.device, group))
         dist.all_reduce(pair, op=dist.ReduceOp.SUM, group=group)
     elif group is not None:
         raise ValueError("group was given but torch.distributed is not initialised")
@@ -49,7 +50,15 @@ def _to_scalar_tensor(value: float | torch.Tensor, device: torch.device) -> torc
     return torch.tensor(float(value), dtype=torch.float64, device=device)
 
 
-def _communication_device(group: Any) -> torch.device:
-    if dist.get_backend(group) == dist.Backend.NCCL:
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
+def _communication_device(device: torch.device, group: Any) -> torch.device:
+    """Where the all-reduce runs, given the device the inputs are on.
+
+    NCCL needs a CUDA tensor on this rank's GPU: inputs already on a CUDA device stay there (that is the rank's
+    GPU even when the caller never called torch.cuda.set_device, where the current device is cuda:0 on every
+    rank and NCCL would fail or hang); only CPU inputs go to the current CUDA device. Other backends get CPU.
+    """
+    if dist.get_backend(group) != dist.Backend.NCCL:
+        return torch.device("cpu")
+    if device.type == "cuda":
+        return device
+    return torch.device("cuda", torch.cuda.current_device())

@@ -27,6 +27,7 @@ from typing import Any, Mapping
 import torch
 
 from aer._distributed import reduce_entropy_stats
+from aer.loss import _check_group_size, _describe
 
 WEIGHTINGS = ("linear", "threshold", "signed", "uniform")
 UPDATE_RULES = ("sign", "proportional", "log")
@@ -123,7 +124,7 @@ class AERController:
     """Holds α and the target entropy; hands out per-response coefficients and adapts α once per step.
 
     Typical step: `coef = ctrl.coefficients(acc, group_size=G)`, add `entropy_bonus(H, coef, mask)` to the loss,
-    then `ctrl.update(*entropy_stats(H.detach(), mask))` once per optimizer step.
+    then `ctrl.update(*entropy_stats(H.detach(), mask))` once per rollout batch (however many optimizer steps it takes).
     """
 
     def __init__(self, config: AERConfig | None = None) -> None:
@@ -206,8 +207,7 @@ class AERController:
         `w.repeat_interleave(group_size)`. The batch's mean weight and fraction of responses with w != 0 are
         recorded for `metrics()`.
         """
-        if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
-            raise ValueError(f"group_size must be an int >= 1, got {group_size!r}")
+        _check_group_size(group_size)
         w = self._weights(acc)
         self._weight_mean = w.mean() if w.numel() else None
         self._frac_weighted = (w != 0).float().mean() if w.numel() else None
@@ -329,13 +329,15 @@ class AERController:
         if missing or unknown:
             raise ValueError(f"AER state does not match format {STATE_FORMAT_VERSION}: missing keys {missing}, "
                              f"unknown keys {unknown}")
-        self._coef = float(state["coef"])
-        self._step = int(state["step"])
-        self._anchor_entropy_sum = float(state["anchor_entropy_sum"])
-        self._anchor_token_count = float(state["anchor_token_count"])
-        self._initial_entropy = _optional_float(state["initial_entropy"])
-        self._last_entropy = _optional_float(state["last_entropy"])
-        self._skipped_updates = int(state["skipped_updates"])
+        # Convert every value before assigning any, so a corrupt state leaves this controller as it was.
+        try:
+            values = (float(state["coef"]), int(state["step"]), float(state["anchor_entropy_sum"]),
+                      float(state["anchor_token_count"]), _optional_float(state["initial_entropy"]),
+                      _optional_float(state["last_entropy"]), int(state["skipped_updates"]))
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"AER state has a value of the wrong type: {error}") from error
+        (self._coef, self._step, self._anchor_entropy_sum, self._anchor_token_count, self._initial_entropy,
+         self._last_entropy, self._skipped_updates) = values
         self._weight_mean = None
         self._frac_weighted = None
 
@@ -348,9 +350,3 @@ def _or_nan(value: float | torch.Tensor | None) -> float:
 
 def _optional_float(value: Any) -> float | None:
     return None if value is None else float(value)
-
-
-def _describe(x: Any) -> str:
-    if isinstance(x, torch.Tensor):
-        return f"tensor of shape {tuple(x.shape)}"
-    return type(x).__name__

@@ -16,8 +16,7 @@ def group_accuracy(rewards: torch.Tensor, *, group_size: int, success_threshold:
 
     `rewards` is [P * group_size] (prompt-major: prompt 0's responses first) or [P, group_size].
     """
-    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
-        raise ValueError(f"group_size must be an int >= 1, got {group_size!r}")
+    _check_group_size(group_size)
     if not isinstance(rewards, torch.Tensor):
         raise ValueError(f"rewards must be a tensor, got {type(rewards).__name__}")
     if rewards.dim() == 1:
@@ -84,6 +83,11 @@ def _check_entropy_and_mask(entropy: torch.Tensor, mask: torch.Tensor) -> None:
         raise ValueError(f"entropy must be a floating tensor [N, T], got {_describe(entropy)}")
     if not isinstance(mask, torch.Tensor) or mask.shape != entropy.shape:
         raise ValueError(f"mask must be a tensor of the entropy's shape {tuple(entropy.shape)}, got {_describe(mask)}")
+
+
+def _check_group_size(group_size: object) -> None:
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
+        raise ValueError(f"group_size must be an int >= 1, got {group_size!r}")
 
 
 def _describe(x: object) -> str:

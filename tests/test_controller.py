@@ -316,6 +316,27 @@ def test_update_with_group_but_no_process_group_is_an_error():
         AERController().update(1.0, 1.0, group=object())
 
 
+@pytest.mark.parametrize(
+    "backend, inputs_on, want",
+    [
+        ("nccl", torch.device("cuda", 1), torch.device("cuda", 1)),  # the rank's GPU, whatever the current one
+        ("nccl", torch.device("cpu"), torch.device("cuda", 3)),  # CPU numbers go to the current CUDA device
+        ("gloo", torch.device("cuda", 1), torch.device("cpu")),
+        ("gloo", torch.device("cpu"), torch.device("cpu")),
+    ],
+)
+def test_all_reduce_device_follows_backend_and_inputs(monkeypatch, backend, inputs_on, want):
+    """Without torch.cuda.set_device every rank's current device is cuda:0; NCCL must still reduce on the
+    inputs' own GPU. (Checked on the device choice itself: this machine may have no GPU.)"""
+    import torch.distributed as dist
+
+    from aer import _distributed
+
+    monkeypatch.setattr(dist, "get_backend", lambda group=None: dist.Backend(backend))
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    assert _distributed._communication_device(inputs_on, None) == want
+
+
 def test_bad_steps_are_skipped_counted_warned_once_and_leave_state_untouched():
     ctrl = AERController(AERConfig(anchor_steps=2, coef_init=1e-3))
     ctrl.update(3.0, 2.0)
@@ -419,3 +440,14 @@ def test_load_state_dict_rejects_other_versions_and_missing_or_unknown_keys():
         ctrl.load_state_dict({**state, "extra": 1})
     with pytest.raises(ValueError, match="mapping"):
         ctrl.load_state_dict([("format_version", 1)])
+
+
+def test_load_state_dict_with_a_bad_value_raises_and_leaves_the_controller_as_it_was():
+    ctrl = AERController(AERConfig(coef_init=1e-3))
+    ctrl.update(2.0, 1.0)
+    before = ctrl.state_dict()
+    other = AERController(AERConfig(coef_init=2e-3, coef_max=1e-2)).state_dict()
+    for key, bad in [("initial_entropy", "high"), ("skipped_updates", None)]:  # after coef and step are read
+        with pytest.raises(ValueError, match="wrong type"):
+            ctrl.load_state_dict({**other, key: bad})
+        assert ctrl.state_dict() == before
