@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from .names import VOCAB_PARALLEL_OP
+
 # Per-row bytes besides the logits, either way: fp32 H (+ fp32 logp and its int64 target) forward;
-# fp32 gH (+ fp32 gL and the target) backward.
-_ROW = {"entropy": 4, "logprobs_and_entropy": 4 + 4 + 8}
+# fp32 gH (+ fp32 gL and the target) backward. The vocab-parallel op is charged the single-GPU op's bytes:
+# the same work, so its GB/s reads directly as the fraction of the single op's speed it keeps.
+_ROW = {"entropy": 4, "logprobs_and_entropy": 4 + 4 + 8, VOCAB_PARALLEL_OP: 4 + 4 + 8}
 
 
 def minimal_bytes(op: str, mode: str, n: int, v: int, elem_size: int) -> int:

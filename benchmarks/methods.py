@@ -1,6 +1,7 @@
 """The implementations compared: each maps ``(op, logits, targets)`` to its outputs.
 
-``op`` is ``"entropy"`` (outputs ``(H,)``) or ``"logprobs_and_entropy"`` (outputs ``(logp, H)``).
+``op`` is ``"entropy"`` (outputs ``(H,)``), ``"logprobs_and_entropy"`` (outputs ``(logp, H)``), or, for
+aer_kernels only, ``"vocab_parallel_logprobs_and_entropy"`` at world size 1 (outputs ``(logp, H)``).
 A method's ``reference`` is its math in plain PyTorch, run on a few rows in float64 (the truth)
 and in the logits' dtype (PyTorch's own error) by the correctness check.
 """
@@ -17,7 +18,8 @@ from torch.utils.checkpoint import checkpoint
 
 import aer_kernels as ak
 
-from .names import METHOD_NAMES, MODES
+from . import bench_vocab_parallel
+from .names import METHOD_NAMES, MODES, OPS, SINGLE_GPU_OPS, VOCAB_PARALLEL_OP
 
 CHUNK_ROWS = 2048
 DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
@@ -64,6 +66,7 @@ class Method:
     name: str
     run: Callable[[str, torch.Tensor, torch.Tensor], tuple]
     modes: tuple[str, ...] = MODES
+    ops: tuple[str, ...] = SINGLE_GPU_OPS
     cuda_only: bool = False
     mutates_input: bool = False  # writes into the logits: gets its own copy
     max_elements: Optional[int] = None  # N * V it can address
@@ -80,9 +83,11 @@ def _aer_kernels(device: torch.device) -> Method:
     def run(op, x, y):
         if op == "entropy":
             return (ak.entropy(x, backend=backend),)
+        if op == VOCAB_PARALLEL_OP:
+            return bench_vocab_parallel.call(x, y, backend=backend)
         return ak.logprobs_and_entropy(x, y, backend=backend)
 
-    return Method("aer_kernels", run)
+    return Method("aer_kernels", run, ops=OPS)
 
 
 def _torch_compile() -> Method:

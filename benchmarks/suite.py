@@ -9,7 +9,7 @@ from typing import Optional
 
 import torch
 
-from . import results
+from . import bench_vocab_parallel, results
 from .byte_model import copy_bytes, gbps, minimal_bytes, read_bytes
 from .check import check_backward, check_forward
 from .data import make_logits, make_targets
@@ -84,7 +84,7 @@ def measure_ceilings(x: torch.Tensor, device: torch.device) -> dict:
 
 def _print_row(row: dict) -> None:
     peak = "" if row["peak_extra_bytes"] is None else f"  peak +{row['peak_extra_bytes'] / 2**20:.1f} MiB"
-    print(f"  {row['op']:<21} {row['mode']:<7} {row['method']:<13} {row['N']:>6} x {row['V']:<6} "
+    print(f"  {row['op']:<35} {row['mode']:<7} {row['method']:<13} {row['N']:>6} x {row['V']:<6} "
           f"{row['ms']:9.3f} ms {row['gbps']:8.1f} GB/s {row['pct_copy']:6.1f}% copy{peak}", flush=True)
 
 
@@ -92,9 +92,9 @@ def bench_method(method, op: str, modes, x, y, device, copy_gbps: float) -> list
     """Rows for the modes of ``method`` that pass the correctness check; skips are printed."""
     n, v = x.shape
     wanted = [m for m in modes if m in method.modes]
-    if not wanted:
+    if not wanted or op not in method.ops:
         return []
-    tag = f"  {op:<21} {method.name}"
+    tag = f"  {op:<35} {method.name}"
     if method.max_elements is not None and x.numel() > method.max_elements:
         print(f"{tag}: skipped at {n} x {v} (N*V > {method.max_elements}, past what it can address)")
         return []
@@ -107,11 +107,12 @@ def bench_method(method, op: str, modes, x, y, device, copy_gbps: float) -> list
             continue
         try:
             failed = check()
-        except Exception as exc:  # a peer or a baseline that cannot run here must not end the run
-            failed = _failure(exc)
+            why = "FAILED THE CORRECTNESS CHECK"
+        except Exception as exc:  # a peer or a baseline that cannot run here (out of memory) must not end the run
+            failed, why = _failure(exc), "could not run"
         _free(device, collect=bool(failed))
         if failed:
-            print(f"{tag} {'/'.join(todo)}: SKIPPED, FAILED THE CORRECTNESS CHECK: {failed}", flush=True)
+            print(f"{tag} {'/'.join(todo)}: SKIPPED, {why}: {failed}", flush=True)
         else:
             passed += todo
     rows = []
@@ -168,12 +169,18 @@ def run(shapes, ops, modes, method_names, dtype: torch.dtype, output_dir: Path, 
             doc["ceilings"].append(ceiling)
             print(f"{n} x {v} {DTYPE_NAMES[dtype]}: copy {ceiling['copy_ms']:.3f} ms = {ceiling['copy_gbps']:.1f} GB/s,"
                   f" read (amax) {ceiling['read_ms']:.3f} ms = {ceiling['read_gbps']:.1f} GB/s", flush=True)
+            shape_rows = []
             for i, method in enumerate(methods):
                 if over_budget(f"{', '.join(m.name for m in methods[i:])} at {n}x{v}, and later shapes"):
                     break
                 for op in ops:
-                    doc["rows"] += bench_method(method, op, modes, x, y, device, ceiling["copy_gbps"])
+                    new_rows = bench_method(method, op, modes, x, y, device, ceiling["copy_gbps"])
+                    doc["rows"] += new_rows
+                    shape_rows += new_rows
                 results.write(path, doc)
+            for (name, _, _, mode), ratio in bench_vocab_parallel.ratios(shape_rows).items():
+                print(f"  {name} {mode}: {bench_vocab_parallel.OP} costs {ratio:.3f}x "
+                      f"{bench_vocab_parallel.SINGLE_OP} (world size 1)")
             del x, y
             _free(device)
     finally:

@@ -14,6 +14,7 @@ def median_ms(fn: Callable[[], object], device: torch.device, *, warmup_ms: int 
     if device.type == "cuda":
         from triton.testing import do_bench
 
+        # A float for a scalar return_mode in every Triton 3.x; float() pins it should a release return a tensor.
         return float(do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median"))
     return _cpu_median_ms(fn)
 
@@ -28,6 +29,27 @@ def _cpu_median_ms(fn, *, budget_s: float = 0.02, min_reps: int = 3, max_reps: i
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times) * 1e3
+
+
+def fixed_reps_ms(fn: Callable[[], object], device: torch.device, reps: int = 50, warmup: int = 3) -> float:
+    """Median of exactly ``warmup + reps`` calls: where ``fn`` runs collectives, every rank must call it
+    equally often, which time-based repeat counts (``do_bench``, the CPU budget) do not guarantee."""
+    for _ in range(warmup):
+        fn()
+    if device.type != "cuda":
+        times = []
+        for _ in range(reps):
+            start = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - start) * 1e3)
+        return statistics.median(times)
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]
+    for start, end in events:
+        start.record()
+        fn()
+        end.record()
+    torch.cuda.synchronize(device)
+    return statistics.median(start.elapsed_time(end) for start, end in events)
 
 
 def peak_extra_bytes(fn: Callable[[], object], device: torch.device) -> Optional[int]:

@@ -1,4 +1,5 @@
-"""The benchmark CLI end to end on a CPU: ``--quick`` into a temporary folder, then ``--readme-table``."""
+"""The benchmark CLIs end to end on a CPU: ``--quick`` into a temporary folder, then ``--readme-table``;
+the standalone vocab-parallel benchmark at a tiny size."""
 
 import json
 import os
@@ -9,15 +10,20 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+VP = "vocab_parallel_logprobs_and_entropy"
 ROW_KEYS = {"op", "mode", "method", "N", "V", "dtype", "ms", "gbps", "pct_copy", "peak_extra_bytes"}
 TOP_KEYS = {"device", "torch", "triton", "commit", "date", "copy_gbps", "rows"}
 
 
-def _cli(*args, out: Path) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "CUDA_VISIBLE_DEVICES")}
+def _run(module: str, *args) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "CUDA_VISIBLE_DEVICES", "WORLD_SIZE")}
     env.update(PYTHONPATH=str(REPO), MPLBACKEND="Agg", CUDA_VISIBLE_DEVICES="")  # the CPU path, on any box
-    return subprocess.run([sys.executable, "-m", "benchmarks", *args, "--output-dir", str(out)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=120)
+
+
+def _cli(*args, out: Path) -> subprocess.CompletedProcess:
+    return _run("benchmarks", *args, "--output-dir", str(out))
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +42,7 @@ def test_quick_run_writes_results_json(quick_run):
     assert doc["device"] == "cpu" and doc["copy_gbps"] > 0
     assert path.name == f"cpu-{doc['date']}.json"
     rows = doc["rows"]
-    assert {r["op"] for r in rows} == {"entropy", "logprobs_and_entropy"}
+    assert {r["op"] for r in rows} == {"entropy", "logprobs_and_entropy", VP}
     assert {r["mode"] for r in rows} == {"fwd", "bwd", "fwd+bwd"}
     assert {"aer_kernels", "eager_bf16", "eager_fp32", "chunked"} <= {r["method"] for r in rows}
     assert len({r["N"] for r in rows}) >= 2
@@ -46,6 +52,27 @@ def test_quick_run_writes_results_json(quick_run):
         assert row["ms"] > 0 and row["gbps"] > 0 and row["pct_copy"] > 0
     assert "kernel figures need a GPU" in stdout
     assert "trl: skipped" in stdout and "liger_ce: skipped" in stdout
+
+
+def test_quick_run_times_vocab_parallel_beside_the_single_gpu_op(quick_run):
+    out, stdout = quick_run
+    (path,) = out.glob("cpu-*.json")
+    rows = json.loads(path.read_text())["rows"]
+    vp = {(r["N"], r["V"], r["mode"]) for r in rows if r["op"] == VP}
+    single = {(r["N"], r["V"], r["mode"]) for r in rows if r["op"] == "logprobs_and_entropy"
+              and r["method"] == "aer_kernels"}
+    assert {r["method"] for r in rows if r["op"] == VP} == {"aer_kernels"}
+    assert vp == single and len({n for n, _, _ in vp}) >= 2
+    assert f"aer_kernels fwd+bwd: {VP} costs" in stdout
+
+
+def test_standalone_vocab_parallel_benchmark():
+    run = _run("benchmarks.bench_vocab_parallel", "--rows", "16", "--vocab", "300")
+    assert run.returncode == 0, run.stdout + run.stderr
+    lines = [line.split() for line in run.stdout.splitlines()]
+    vp = [line for line in lines if line[:1] == [VP]]
+    assert [line[2] for line in vp] == ["fwd", "fwd+bwd"]
+    assert all(float(line[-1]) > 0 for line in vp)  # the ratio to the single-GPU op
 
 
 def test_quick_run_writes_png(quick_run):

@@ -167,6 +167,20 @@ def test_backward_extra_memory_is_the_gradient_buffer(op):
     assert extra <= x.numel() * x.element_size() + (1 << 20), f"{op} backward: {extra} extra bytes"
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=_ids)
+def test_vocab_parallel_world_of_one_against_float64(dtype):
+    """The vocab-parallel partials and combine kernels without a process group, on a real-size shard."""
+    op, (n, v) = "logprobs_and_entropy", SHAPES[1]
+    x, y, grads = _logits(n, v, dtype), _targets(n, v), _row_grads(op, n)
+    xg = x.detach().requires_grad_(True)
+    outs = ak.vocab_parallel_logprobs_and_entropy(xg, y, vocab_start=0)
+    (grad,) = torch.autograd.grad(outs, xg, grads)
+    for name, g, t, p in zip(("logp", "H"), outs, _truth_outputs(op, x, y), _formula(op, x, y)):
+        _assert_no_worse(g.detach(), t, p, dtype, f"vocab-parallel {name} {dtype} {n}x{v}")
+    _assert_no_worse(grad, _truth_grad(op, x, y, grads), _dtype_grad(op, x, y, grads), dtype,
+                     f"vocab-parallel gradient {dtype} {n}x{v}", relative=True)
+
+
 def test_inplace_backward_allocates_no_gradient_buffer():
     n, v = 8192, 151936
     x, y, grads = _logits(n, v, torch.bfloat16), _targets(n, v), _row_grads("logprobs_and_entropy", n)
