@@ -1,6 +1,6 @@
 """Correctness before timing: a method's outputs and gradient on a few rows against float64.
 
-The rule of KERNELS.md §2: a method's error may be no worse than the error of the same PyTorch
+The tolerance rule of the tests: a method's error may be no worse than the error of the same PyTorch
 math run in the logits' dtype, plus a small slack. Gradient errors are relative to the largest
 true gradient of the checked rows.
 """

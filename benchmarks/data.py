@@ -1,4 +1,4 @@
-"""Random logits with a realistic spread (KERNELS.md §2), targets and upstream gradients."""
+"""Random logits with a realistic spread, targets and upstream gradients."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Invariants of KERNELS.md §2 as property tests over random shapes, spreads, dtypes and masked vocab."""
+"""The kernels' numerical invariants as property tests over random shapes, spreads, dtypes and masked vocab."""
 
 import math
 

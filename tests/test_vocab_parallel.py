@@ -1,5 +1,5 @@
 """Vocab-parallel log-probs and entropy: each gloo rank, holding a vocabulary shard, gets the single-process
-result on the concatenated logits (float64 truth, the tolerance rule of KERNELS.md §2) and its shard's gradient."""
+result on the concatenated logits (float64 truth, the tolerance rule of numerics.py) and its shard's gradient."""
 
 import datetime
 import os
