@@ -1,9 +1,9 @@
 """The Triton kernels on a CUDA GPU, at real sizes, against float64.
 
-Accuracy follows the tolerance rule of numerics.py: on random logits with a realistic spread, the kernels' error may be no
-worse than that of the same PyTorch formula run in the logits' dtype, plus a slack (fp32 1e-5, fp16 1e-3,
-bf16 1e-2); gradient errors are taken relative to the largest true gradient. Memory follows §4: forward
-at most 16 bytes a row, backward the gradient buffer only, in-place backward nothing.
+Accuracy follows the tolerance rule of numerics.py: on random logits with a realistic spread, the kernels'
+error may be no worse than that of the same PyTorch formula run in the logits' dtype, plus a slack (fp32 1e-5,
+fp16 1e-3, bf16 1e-2); gradient errors are taken relative to the largest true gradient. Memory: forward at
+most 16 bytes a row, backward the gradient buffer only, in-place backward nothing.
 """
 
 import pytest
