@@ -30,3 +30,14 @@ def test_rows_split_only_when_too_few_to_fill_the_gpu():
 def test_bad_sizes_are_refused():
     with pytest.raises(ValueError, match="launch_config"):
         launch_config(4, 100, 3, 1)
+
+
+def test_only_flags_and_block_sizes_are_compile_time():
+    """Temperature, sizes and strides are runtime arguments: no recompile per temperature or shape."""
+    from aer_kernels import _triton
+
+    kernels = (_triton.entropy_fwd_kernel, _triton.entropy_merge_kernel, _triton.entropy_bwd_kernel)
+    for kernel in kernels:
+        constexprs = {p.name for p in kernel.params if p.is_constexpr}
+        assert all(name.startswith(("HAS_", "BLOCK_")) or name == "SPLIT" for name in constexprs), constexprs
+        assert "inv_t" in {p.name for p in kernel.params if not p.is_constexpr}
