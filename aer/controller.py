@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from numbers import Real
+from numbers import Integral, Real
 from typing import Any, Mapping
 
 import torch
@@ -57,18 +57,22 @@ def _check_real(name: str, value: Any) -> float:
 class AERConfig:
     """Settings of the controller; validated on construction (ValueError names the field).
 
-    weighting: w(acc) — "linear" 1 - acc, "threshold" 1[acc <= threshold],
-        "signed" (threshold - acc) / max(threshold, 1 - threshold), "uniform" 1.
-    threshold: τ of the "threshold" and "signed" weightings, in [0, 1].
-    normalize_weights: rescale w by 1 / mean|w| over the batch (skipped when that mean is 0).
-    success_threshold: a reward r counts as correct when r >= success_threshold (for group_accuracy).
-    target_ratio: ρ in H* = ρ · H0, > 0.
-    anchor_steps: number of first updates whose token-mean entropy defines H0, >= 1.
-    absolute_target: H* in nats (> 0) replacing ρ · H0; α then adapts from the first update.
-    update: "sign", "proportional" or "log" (multiplicative; needs coef_init > 0).
-    coef_init, coef_step, coef_min, coef_max: α's start, step size (>= 0) and bounds.
-    tolerance: dead band on the relative error |e|, >= 0.
-    gate_above_target: apply α = 0 while the last measured entropy is above H*.
+    Args:
+        weighting: w(acc) — "linear" 1 - acc, "threshold" 1[acc <= threshold],
+            "signed" (threshold - acc) / max(threshold, 1 - threshold), "uniform" 1.
+        threshold: τ of the "threshold" and "signed" weightings, in [0, 1].
+        normalize_weights: rescale w by 1 / mean|w| over the batch (skipped when that mean is 0).
+        success_threshold: a reward r counts as correct when r >= success_threshold (for group_accuracy).
+        target_ratio: ρ in H* = ρ · H0, > 0.
+        anchor_steps: number of first updates whose token-mean entropy defines H0, >= 1.
+        absolute_target: H* in nats (> 0) replacing ρ · H0; α then adapts from the first update.
+        update: "sign", "proportional" or "log" (multiplicative; needs coef_init > 0).
+        coef_init: α's start, in [coef_min, coef_max].
+        coef_step: α's step size, >= 0.
+        coef_min: α's lower bound.
+        coef_max: α's upper bound, >= coef_min.
+        tolerance: dead band on the relative error |e|, >= 0.
+        gate_above_target: apply α = 0 while the last measured entropy is above H*.
     """
 
     weighting: str = "linear"
@@ -125,6 +129,9 @@ class AERController:
 
     Typical step: `coef = ctrl.coefficients(acc, group_size=G)`, add `entropy_bonus(H, coef, mask)` to the loss,
     then `ctrl.update(*entropy_stats(H.detach(), mask))` once per rollout batch (however many optimizer steps it takes).
+
+    Args:
+        config: the settings; `AERConfig()` when None.
     """
 
     def __init__(self, config: AERConfig | None = None) -> None:
@@ -142,8 +149,8 @@ class AERController:
         # Diagnostics of the last coefficients() batch, kept as tensors so that call never syncs the host.
         self._weight_mean: torch.Tensor | None = None
         self._frac_weighted: torch.Tensor | None = None
-
-    # ---------------------------------------------------------------- properties
+        # Accuracies outside [0, 1] (or NaN) seen by coefficients() since the last update, read there.
+        self._invalid_accuracies: torch.Tensor | None = None
 
     @property
     def step(self) -> int:
@@ -178,10 +185,12 @@ class AERController:
             and self._last_entropy > target
         )
 
-    # ---------------------------------------------------------------- per-response coefficients
-
     def _weights(self, acc: torch.Tensor) -> torch.Tensor:
-        """w(acc) per prompt, [P] fp32, after `normalize_weights` (w / mean|w|, unless mean|w| = 0)."""
+        """w(acc) per prompt, [P] fp32, after `normalize_weights` (w / mean|w|, unless mean|w| = 0).
+
+        An accuracy outside [0, 1] or NaN gets w = NaN, under every weighting; with `normalize_weights` the
+        batch's mean|w| is then NaN and so is every w.
+        """
         if not isinstance(acc, torch.Tensor) or acc.dim() != 1:
             raise ValueError(f"acc must be a 1-D tensor [P] of group accuracies, got {_describe(acc)}")
         acc = acc.detach().float()
@@ -194,10 +203,15 @@ class AERController:
             w = (tau - acc) / max(tau, 1.0 - tau)
         else:
             w = torch.ones_like(acc)
+        valid = (acc >= 0) & (acc <= 1)  # False for NaN
+        w = torch.where(valid, w, math.nan)
+        invalid = (~valid).sum()
+        self._invalid_accuracies = (invalid if self._invalid_accuracies is None
+                                    else self._invalid_accuracies + invalid.to(self._invalid_accuracies.device))
         if self.config.normalize_weights and w.numel() > 0:
             scale = w.abs().mean()
-            # torch.where instead of a Python `if` keeps this free of host syncs.
-            w = torch.where(scale > 0, w / scale, w)
+            # torch.where instead of a Python `if` keeps this free of host syncs; a NaN scale stays NaN.
+            w = torch.where(scale == 0, w, w / scale)
         return w
 
     def coefficients(self, acc: torch.Tensor, *, group_size: int) -> torch.Tensor:
@@ -205,15 +219,20 @@ class AERController:
 
         Responses are laid out prompt-major (the G responses of prompt 0, then of prompt 1, ...), as
         `w.repeat_interleave(group_size)`. The batch's mean weight and fraction of responses with w != 0 are
-        recorded for `metrics()`.
+        recorded for `metrics()`. Nothing is read back to the host, so values cannot be checked here: an
+        accuracy outside [0, 1] or NaN makes its responses' λ NaN (so the loss is NaN), and the next `update`
+        raises ValueError naming `acc`.
+
+        Args:
+            acc: [P] group accuracies in [0, 1], the fraction of each prompt's responses that are correct
+                (`group_accuracy(rewards, group_size=G)`); any real dtype, any device.
+            group_size: G, the number of responses per prompt, an int >= 1.
         """
         _check_group_size(group_size)
         w = self._weights(acc)
         self._weight_mean = w.mean() if w.numel() else None
         self._frac_weighted = (w != 0).float().mean() if w.numel() else None
         return (self.coefficient * w).repeat_interleave(group_size)
-
-    # ---------------------------------------------------------------- the step update
 
     def update(
         self,
@@ -225,12 +244,33 @@ class AERController:
         """Feed one optimizer step's Σ_t H·mask and Σ mask; anchors H0, then moves α (module docstring).
 
         When torch.distributed is initialised, both numbers are summed over `group` first (one all-reduce),
-        so every rank ends with the same α and target. A non-finite entropy or a token count <= 0 skips the
-        step: counted in `aer/skipped_updates`, warned once, the rest of the state untouched.
+        so every rank ends with the same α and target. The sums are then read to the host once, and checked
+        there: a non-finite entropy or a token count of 0 skips the step (counted in `aer/skipped_updates`,
+        warned once, the rest of the state untouched), while impossible values raise ValueError before the
+        state changes. H0 is anchored on the first accepted update at or past `anchor_steps`.
+
+        Args:
+            entropy_sum: Σ_t H_t · mask_t over the step's response tokens, a number or 1-element tensor
+                (`entropy_stats(H.detach(), mask)[0]`). Non-finite: the step is skipped. Negative (an entropy
+                is never below 0): ValueError.
+            token_count: Σ mask, a number or 1-element tensor. 0: the step is skipped. Negative, NaN or
+                infinite: ValueError.
+            group: the torch.distributed process group to sum over (None: all ranks). Only valid when
+                torch.distributed is initialised.
+
+        Raises:
+            ValueError: for the impossible values above, checked on the sums over ranks, or when a
+                `coefficients` call since the last update was given an accuracy outside [0, 1] or NaN.
         """
         total_sum, total_count = reduce_entropy_stats(entropy_sum, token_count, group=group)
+        self._check_recorded_accuracies()
+        if not (math.isfinite(total_count) and total_count >= 0):
+            raise ValueError(f"token_count must be a finite number >= 0 (summed over ranks), got {total_count!r}")
+        if math.isfinite(total_sum) and total_sum < 0:
+            raise ValueError(f"entropy_sum must be >= 0 (entropies are never negative; summed over ranks), "
+                             f"got {total_sum!r}")
         entropy = total_sum / total_count if total_count > 0 else math.nan
-        if not (math.isfinite(entropy) and math.isfinite(total_count)):
+        if not math.isfinite(entropy):
             self._skip(total_sum, total_count)
             return
 
@@ -240,12 +280,23 @@ class AERController:
         if anchoring:
             self._anchor_entropy_sum += total_sum
             self._anchor_token_count += total_count
-            if self._step == self.config.anchor_steps:
+            # >=, not ==: a state saved mid-anchoring under a larger anchor_steps still anchors, on its next update.
+            if self._step >= self.config.anchor_steps:
                 self._initial_entropy = self._anchor_entropy_sum / self._anchor_token_count
         # With an absolute target there is nothing to wait for: α adapts from the first update.
         if anchoring and self.config.absolute_target is None:
             return
         self._coef = self._next_coef(entropy)
+
+    def _check_recorded_accuracies(self) -> None:
+        invalid, self._invalid_accuracies = self._invalid_accuracies, None
+        count = 0 if invalid is None else int(invalid)  # the host read of coefficients()' check
+        if count:
+            raise ValueError(
+                f"acc given to coefficients() since the last update held {count} value(s) outside [0, 1] or NaN "
+                "(their coefficients were NaN); acc is each prompt's fraction of correct responses, "
+                "as group_accuracy(rewards, group_size=G) returns"
+            )
 
     def _next_coef(self, entropy: float) -> float:
         cfg = self.config
@@ -277,8 +328,6 @@ class AERController:
                 stacklevel=3,
             )
 
-    # ---------------------------------------------------------------- logging and checkpoints
-
     def metrics(self) -> dict[str, float]:
         """Floats for a logger; NaN marks a value not defined yet (before the first update / anchoring /
         coefficients() call).
@@ -286,6 +335,9 @@ class AERController:
         aer/entropy: last accepted H_k; aer/initial_entropy: H0; aer/target_entropy: H*; aer/coef: the α
         applied to the next batch; aer/weight_mean: mean w of the last coefficients() batch;
         aer/frac_weighted: fraction of its responses with w != 0; aer/skipped_updates; aer/step.
+
+        Args:
+            None.
         """
         return {
             "aer/entropy": _or_nan(self._last_entropy),
@@ -303,6 +355,9 @@ class AERController:
 
         The configuration is not included: construct the resumed controller with the same AERConfig.
         Per-batch diagnostics (aer/weight_mean, aer/frac_weighted) are not state and restart as NaN.
+
+        Args:
+            None.
         """
         return {
             "format_version": STATE_FORMAT_VERSION,
@@ -316,7 +371,19 @@ class AERController:
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore a `state_dict()`; raises ValueError for another format version or missing/unknown keys."""
+        """Restore a `state_dict()`, all or nothing: a state that fails a check leaves this controller as it was.
+
+        Checked, each failure a ValueError naming the key: the format version and the set of keys; counts
+        (`step`, `skipped_updates`) are ints >= 0; the other numbers are finite reals (not strings, not bools)
+        >= 0; `coef` lies in this config's [coef_min, coef_max]; `last_entropy` is None exactly when `step` is
+        0, and so is `anchor_token_count` 0; `initial_entropy` is None or equals
+        anchor_entropy_sum / anchor_token_count, and can only be set once `step` >= anchor_steps. A state saved
+        while anchoring, loaded into a config with a smaller anchor_steps, anchors on the next update.
+
+        Args:
+            state: a mapping as returned by `state_dict()` (possibly through JSON), from a controller built
+                with the same AERConfig.
+        """
         if not isinstance(state, Mapping):
             raise ValueError(f"AER state must be a mapping, got {type(state).__name__}")
         version = state.get("format_version")
@@ -329,17 +396,13 @@ class AERController:
         if missing or unknown:
             raise ValueError(f"AER state does not match format {STATE_FORMAT_VERSION}: missing keys {missing}, "
                              f"unknown keys {unknown}")
-        # Convert every value before assigning any, so a corrupt state leaves this controller as it was.
-        try:
-            values = (float(state["coef"]), int(state["step"]), float(state["anchor_entropy_sum"]),
-                      float(state["anchor_token_count"]), _optional_float(state["initial_entropy"]),
-                      _optional_float(state["last_entropy"]), int(state["skipped_updates"]))
-        except (TypeError, ValueError) as error:
-            raise ValueError(f"AER state has a value of the wrong type: {error}") from error
+        # Check every value before assigning any, so a corrupt state leaves this controller as it was.
+        values = _checked_state(state, self.config)
         (self._coef, self._step, self._anchor_entropy_sum, self._anchor_token_count, self._initial_entropy,
          self._last_entropy, self._skipped_updates) = values
         self._weight_mean = None
         self._frac_weighted = None
+        self._invalid_accuracies = None
 
 
 def _or_nan(value: float | torch.Tensor | None) -> float:
@@ -348,5 +411,51 @@ def _or_nan(value: float | torch.Tensor | None) -> float:
     return float(value.item()) if isinstance(value, torch.Tensor) else float(value)
 
 
-def _optional_float(value: Any) -> float | None:
-    return None if value is None else float(value)
+def _checked_state(
+    state: Mapping[str, Any], config: AERConfig
+) -> tuple[float, int, float, float, float | None, float | None, int]:
+    """The state's values in `state_dict()` order, as Python numbers, after every check `load_state_dict` names."""
+    lo, hi = config.coef_min, config.coef_max
+    coef = _state_number(state, "coef", low=lo, high=hi,
+                         bounds=f"in this AERConfig's [coef_min, coef_max] = [{lo!r}, {hi!r}]")
+    step = _state_count(state, "step")
+    skipped = _state_count(state, "skipped_updates")
+    anchor_sum = _state_number(state, "anchor_entropy_sum")
+    anchor_count = _state_number(state, "anchor_token_count")
+    initial = None if state["initial_entropy"] is None else _state_number(state, "initial_entropy")
+    last = None if state["last_entropy"] is None else _state_number(state, "last_entropy")
+
+    if (last is None) != (step == 0):
+        raise ValueError(f"AER state last_entropy must be None exactly when step is 0, "
+                         f"got last_entropy={last!r} with step={step}")
+    if (anchor_count == 0) != (step == 0):
+        raise ValueError(f"AER state anchor_token_count must be 0 exactly when step is 0 (every accepted update "
+                         f"has tokens), got anchor_token_count={anchor_count!r} with step={step}")
+    if anchor_count == 0 and anchor_sum != 0:
+        raise ValueError(f"AER state anchor_entropy_sum must be 0 while anchor_token_count is 0, got {anchor_sum!r}")
+    if initial is not None:
+        if step < config.anchor_steps:
+            raise ValueError(f"AER state initial_entropy is set after step={step} updates, fewer than this "
+                             f"AERConfig's anchor_steps={config.anchor_steps}: not the config it was saved with")
+        anchored = anchor_sum / anchor_count
+        if not math.isclose(initial, anchored, rel_tol=1e-9):
+            raise ValueError(f"AER state initial_entropy={initial!r} is not anchor_entropy_sum / anchor_token_count "
+                             f"= {anchored!r}")
+    return coef, step, anchor_sum, anchor_count, initial, last, skipped
+
+
+def _state_number(state: Mapping[str, Any], key: str, *, low: float = 0.0, high: float = math.inf,
+                  bounds: str = ">= 0") -> float:
+    value = state[key]
+    # bool is an int subclass and a string converts with float(): neither is something state_dict() writes.
+    if (isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value)
+            or not low <= value <= high):
+        raise ValueError(f"AER state {key} must be a finite number {bounds}, got {value!r}")
+    return float(value)
+
+
+def _state_count(state: Mapping[str, Any], key: str) -> int:
+    value = state[key]
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < 0:
+        raise ValueError(f"AER state {key} must be an int >= 0, got {value!r}")
+    return int(value)

@@ -22,7 +22,6 @@ def trajectory(ctrl: AERController, entropies: list[float]) -> list[float]:
     return coefs
 
 
-# ---------------------------------------------------------------- configuration
 
 
 def test_config_defaults():
@@ -89,7 +88,6 @@ def test_log_rule_accepts_positive_coef_init():
     assert AERConfig(update="log", coef_init=1e-3).coef_init == 1e-3
 
 
-# ---------------------------------------------------------------- anchoring
 
 
 def test_anchoring_is_token_weighted_over_several_updates_and_holds_alpha():
@@ -109,13 +107,30 @@ def test_anchoring_is_token_weighted_over_several_updates_and_holds_alpha():
     assert ctrl.step == 4
 
 
+def test_state_saved_while_anchoring_anchors_under_a_smaller_anchor_steps():
+    """Saved after 2 of 3 anchoring updates, resumed with anchor_steps=1: the next update is past anchor_steps,
+    so it anchors there on all the entropy accumulated so far, and α adapts from the update after."""
+    first = AERController(AERConfig(anchor_steps=3, coef_step=1e-3))
+    first.update(10.0, 10.0)
+    first.update(30.0, 20.0)
+    resumed = AERController(AERConfig(anchor_steps=1, coef_step=1e-3))
+    resumed.load_state_dict(json.loads(json.dumps(first.state_dict())))
+    resumed.update(5.0, 10.0)
+    assert resumed.initial_entropy == 45.0 / 40.0 and resumed.step == 3
+    assert resumed.coefficient == 0.0  # the update completing the anchor does not move α
+    resumed.update(0.1, 1.0)  # far below the target: α climbs
+    assert resumed.coefficient == pytest.approx(1e-3, **EXACT)
+    for _ in range(49):
+        resumed.update(0.1, 1.0)
+    assert resumed.coefficient == 5e-3 and resumed.initial_entropy == 45.0 / 40.0  # coef_max
+
+
 def test_target_ratio_scales_the_anchor():
     ctrl = AERController(AERConfig(target_ratio=0.8))
     ctrl.update(2.5, 1.0)
     assert ctrl.target_entropy == pytest.approx(2.0, **EXACT)
 
 
-# ---------------------------------------------------------------- update rules (H* = 0.5 · 2.0 = 1.0)
 
 
 def test_sign_rule_trajectory_with_clipping_at_both_bounds():
@@ -166,7 +181,6 @@ def test_zero_step_never_moves_alpha():
     assert trajectory(ctrl, [0.1, 5.0]) == [1e-3, 1e-3]
 
 
-# ---------------------------------------------------------------- gate and Skywork-OR1
 
 
 def test_gate_zeroes_alpha_while_entropy_is_above_target():
@@ -229,7 +243,6 @@ def test_absolute_target_overrides_the_ratio():
     assert ctrl.target_entropy == 0.7 and ctrl.initial_entropy == 2.0
 
 
-# ---------------------------------------------------------------- difficulty-aware coefficients
 
 ACC = torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0])  # all-wrong ... all-correct
 
@@ -291,7 +304,6 @@ def test_coefficients_validate_arguments(acc, group_size, name):
         AERController().coefficients(acc, group_size=group_size)
 
 
-# ---------------------------------------------------------------- update inputs and skipped steps
 
 
 def test_update_accepts_tensors_like_floats():
@@ -309,6 +321,67 @@ def test_update_accepts_tensors_like_floats():
 def test_update_validates_arguments(entropy_sum, token_count, name):
     with pytest.raises(ValueError, match=name):
         AERController().update(entropy_sum, token_count)
+
+
+@pytest.mark.parametrize(
+    "entropy_sum, token_count, name",
+    [(-1e-3, 4.0, "entropy_sum"), (torch.tensor(-2.0, dtype=torch.float64), torch.tensor(3.0), "entropy_sum"),
+     (-5.0, 0.0, "entropy_sum"), (1.0, -2.0, "token_count"), (1.0, math.nan, "token_count"),
+     (1.0, math.inf, "token_count"), (math.nan, torch.tensor(-math.inf), "token_count")],
+)
+def test_update_rejects_impossible_sums_and_leaves_state_untouched(entropy_sum, token_count, name):
+    """An entropy is never negative and a token count is a finite number >= 0: anything else is a caller's
+    mistake, raised (unlike a non-finite entropy, which a diverging model can produce and which is skipped)."""
+    ctrl = AERController(AERConfig(coef_init=1e-3, coef_step=1e-3))
+    ctrl.update(2.0, 1.0)
+    before = ctrl.state_dict()
+    with pytest.raises(ValueError, match=name):
+        ctrl.update(entropy_sum, token_count)
+    assert ctrl.state_dict() == before  # not even counted as skipped
+    ctrl.update(0.5, 1.0)
+    assert ctrl.coefficient == pytest.approx(2e-3, **EXACT)
+
+
+INVALID_ACC = torch.tensor([0.0, math.nan, 1.0, 1.5, 0.5, -0.25])
+INVALID_AT = [False, True, False, True, False, True]
+
+
+@pytest.mark.parametrize("weighting", ["linear", "threshold", "signed", "uniform"])
+def test_accuracy_outside_unit_interval_gives_nan_coefficients_then_update_raises(weighting):
+    ctrl = AERController(AERConfig(weighting=weighting, coef_init=1e-3, coef_step=1e-3))
+    ctrl.update(2.0, 1.0)
+    before = ctrl.state_dict()
+    lam = ctrl.coefficients(INVALID_ACC, group_size=2)
+    valid = ctrl.coefficients(INVALID_ACC[[0, 2, 4]], group_size=2)
+    assert lam.isnan().tolist() == [bad for bad in INVALID_AT for _ in range(2)]
+    assert torch.equal(lam[~lam.isnan()], valid)  # the valid prompts' λ are those of a clean batch
+    with pytest.raises(ValueError, match=r"acc .* 3 value\(s\) outside \[0, 1\] or NaN"):
+        ctrl.update(0.5, 1.0)
+    assert ctrl.state_dict() == before
+    ctrl.update(0.5, 1.0)  # reported once: the next step goes through
+    assert ctrl.coefficient == pytest.approx(2e-3, **EXACT)
+
+
+def test_invalid_accuracies_accumulate_over_coefficients_calls_until_update():
+    ctrl = AERController()
+    ctrl.coefficients(torch.tensor([2.0]), group_size=1)
+    ctrl.coefficients(torch.tensor([0.5]), group_size=1)
+    ctrl.coefficients(torch.tensor([math.nan, -1.0]), group_size=1)
+    with pytest.raises(ValueError, match=r"3 value\(s\)"):
+        ctrl.update(1.0, 1.0)
+
+
+def test_normalized_weights_are_all_nan_when_one_accuracy_is_invalid():
+    ctrl = AERController(AERConfig(normalize_weights=True, coef_init=1e-3))
+    assert ctrl.coefficients(torch.tensor([0.0, 0.5, math.nan]), group_size=2).isnan().all()
+    assert math.isnan(ctrl.metrics()["aer/weight_mean"])
+
+
+def test_coefficients_never_read_values_back_to_the_host():
+    """A meta tensor has no values: any host read of them (.item(), bool(), int()) raises."""
+    ctrl = AERController(AERConfig(normalize_weights=True, coef_init=1e-3))
+    lam = ctrl.coefficients(torch.empty(4, device="meta"), group_size=3)
+    assert lam.shape == (12,) and lam.device.type == "meta"
 
 
 def test_update_with_group_but_no_process_group_is_an_error():
@@ -342,7 +415,7 @@ def test_bad_steps_are_skipped_counted_warned_once_and_leave_state_untouched():
     ctrl.update(3.0, 2.0)
     before = ctrl.state_dict()
     bad = [(math.nan, 4.0), (math.inf, 4.0), (5.0, 0.0), (torch.tensor(-math.inf), torch.tensor(3)),
-           (1.0, math.nan), (1.0, math.inf)]
+           (0.0, torch.tensor(0))]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for s, n in bad:
@@ -354,7 +427,6 @@ def test_bad_steps_are_skipped_counted_warned_once_and_leave_state_untouched():
     assert ctrl.initial_entropy == 1.0 and ctrl.step == 2
 
 
-# ---------------------------------------------------------------- metrics
 
 
 METRIC_KEYS = {"aer/entropy", "aer/initial_entropy", "aer/target_entropy", "aer/coef", "aer/weight_mean",
@@ -380,7 +452,6 @@ def test_metrics_after_steps():
                  "aer/weight_mean": 0.5, "aer/frac_weighted": 0.75, "aer/skipped_updates": 0.0, "aer/step": 2.0}
 
 
-# ---------------------------------------------------------------- checkpoints
 
 RULES = [
     AERConfig(update="sign", anchor_steps=3, coef_step=1e-3, coef_max=1e-2),
@@ -442,12 +513,79 @@ def test_load_state_dict_rejects_other_versions_and_missing_or_unknown_keys():
         ctrl.load_state_dict([("format_version", 1)])
 
 
-def test_load_state_dict_with_a_bad_value_raises_and_leaves_the_controller_as_it_was():
-    ctrl = AERController(AERConfig(coef_init=1e-3))
+CHECKPOINTED = AERConfig(anchor_steps=2, coef_init=1e-3, coef_step=1e-3, coef_max=1e-2)
+
+
+def checkpointed_state() -> dict:
+    """A valid state after anchoring: step 3, H0 = (3 + 1) / (2 + 2) = 1.0, α = 2e-3."""
+    ctrl = AERController(CHECKPOINTED)
+    for entropy_sum, tokens in [(3.0, 2.0), (1.0, 2.0), (0.1, 1.0)]:
+        ctrl.update(entropy_sum, tokens)
+    state = ctrl.state_dict()
+    assert (state["step"], state["initial_entropy"], state["coef"]) == (3, 1.0, pytest.approx(2e-3, **EXACT))
+    return state
+
+
+@pytest.mark.parametrize(
+    "key, bad",
+    [
+        ("coef", math.nan), ("coef", math.inf), ("coef", -math.inf), ("coef", 1e9), ("coef", -1e-3),
+        ("coef", "0.001"), ("coef", True), ("coef", None),
+        ("step", "7"), ("step", -3), ("step", 3.0), ("step", True),
+        ("skipped_updates", -1), ("skipped_updates", None), ("skipped_updates", 0.5),
+        ("anchor_entropy_sum", -4.0), ("anchor_entropy_sum", math.nan), ("anchor_entropy_sum", "4"),
+        ("anchor_token_count", -4.0), ("anchor_token_count", math.inf),
+        ("initial_entropy", math.nan), ("initial_entropy", -1.0), ("initial_entropy", "high"),
+        ("initial_entropy", math.inf),
+        ("last_entropy", math.nan), ("last_entropy", -0.1), ("last_entropy", False),
+    ],
+)
+def test_load_state_dict_rejects_corrupt_values_naming_the_key(key, bad):
+    ctrl = AERController(CHECKPOINTED)
     ctrl.update(2.0, 1.0)
     before = ctrl.state_dict()
-    other = AERController(AERConfig(coef_init=2e-3, coef_max=1e-2)).state_dict()
-    for key, bad in [("initial_entropy", "high"), ("skipped_updates", None)]:  # after coef and step are read
-        with pytest.raises(ValueError, match="wrong type"):
-            ctrl.load_state_dict({**other, key: bad})
-        assert ctrl.state_dict() == before
+    with pytest.raises(ValueError, match=rf"AER state {key} must be"):
+        ctrl.load_state_dict({**checkpointed_state(), key: bad})
+    assert ctrl.state_dict() == before  # all or nothing
+
+
+@pytest.mark.parametrize(
+    "changes, key",
+    [
+        ({"last_entropy": None}, "last_entropy"),  # step 3 but nothing measured
+        ({"step": 0, "initial_entropy": None}, "last_entropy"),  # measured but no step
+        ({"anchor_token_count": 0.0, "anchor_entropy_sum": 0.0, "initial_entropy": None}, "anchor_token_count"),
+        ({"step": 0, "last_entropy": None, "initial_entropy": None, "anchor_token_count": 0.0}, "anchor_entropy_sum"),
+        ({"step": 1}, "initial_entropy"),  # anchored before anchor_steps = 2 updates
+        ({"initial_entropy": 1.5}, "initial_entropy"),  # not the anchored sums' mean
+    ],
+)
+def test_load_state_dict_rejects_inconsistent_states_naming_the_key(changes, key):
+    ctrl = AERController(CHECKPOINTED)
+    before = ctrl.state_dict()
+    with pytest.raises(ValueError, match=rf"AER state {key}"):
+        ctrl.load_state_dict({**checkpointed_state(), **changes})
+    assert ctrl.state_dict() == before
+
+
+def test_load_state_dict_checks_coef_against_this_config():
+    state = checkpointed_state()  # α = 2e-3
+    with pytest.raises(ValueError, match=r"coef must be .*\[coef_min, coef_max\] = \[0.0, 0.001\]"):
+        AERController(AERConfig(coef_max=1e-3)).load_state_dict(state)
+    with pytest.raises(ValueError, match="initial_entropy"):
+        AERController(AERConfig(anchor_steps=4, coef_max=1e-2)).load_state_dict(state)
+
+
+def test_load_state_dict_accepts_every_valid_state_of_a_run():
+    """Before any update, while anchoring, after skips and after anchoring: each state loads and round-trips."""
+    ctrl = AERController(AERConfig(anchor_steps=2, update="log", coef_init=1e-3, coef_step=0.5))
+    states = [ctrl.state_dict()]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for entropy_sum, tokens in [(0.0, 3.0), (math.nan, 2.0), (4.0, 2.0), (0.2, 1.0), (5.0, 0.0)]:
+            ctrl.update(entropy_sum, tokens)
+            states.append(ctrl.state_dict())
+    for state in states:
+        resumed = AERController(ctrl.config)
+        resumed.load_state_dict(json.loads(json.dumps(state)))
+        assert resumed.state_dict() == state
