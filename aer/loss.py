@@ -1,7 +1,8 @@
 """Tensor helpers around the controller: group accuracy in, entropy statistics out, the entropy loss term.
 
 Shapes: P prompts, G responses each, N = P·G responses of T tokens; `mask` [N, T] marks response tokens.
-None of these functions reads a value back to the host.
+None of these functions reads a value back to the host, except `group_accuracy` given `group_ids` (the number of
+groups depends on the data).
 """
 
 from __future__ import annotations
@@ -11,14 +12,35 @@ import torch
 REDUCTIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum")
 
 
-def group_accuracy(rewards: torch.Tensor, *, group_size: int, success_threshold: float = 0.5) -> torch.Tensor:
-    """acc_b = mean_j 1[r_bj >= success_threshold] over prompt b's `group_size` responses: [P] fp32.
+def group_accuracy(
+    rewards: torch.Tensor,
+    *,
+    group_size: int | None = None,
+    group_ids: torch.Tensor | None = None,
+    success_threshold: float = 0.5,
+) -> torch.Tensor:
+    """acc_b = mean_j 1[r_bj >= success_threshold] over the responses of prompt b: [P] fp32.
 
-    `rewards` is [P * group_size] (prompt-major: prompt 0's responses first) or [P, group_size].
+    Give exactly one of `group_size` (responses laid out prompt-major, G per prompt) or `group_ids` (one id per
+    response, any order, any number of responses per prompt: for trainers that shuffle or pad the batch). With
+    `group_ids`, acc[k] belongs to the k-th smallest id, and `torch.unique(group_ids, return_inverse=True)[1]`
+    maps each response to its prompt's entry. A NaN reward counts as not correct.
+
+    Args:
+        rewards: [P * G] (prompt 0's responses first) or [P, G] with `group_size`; [N] with `group_ids`.
+        group_size: G, the number of responses per prompt, an int >= 1.
+        group_ids: [N] integer tensor, the prompt of each response (equal ids, same prompt).
+        success_threshold: a reward r counts as correct when r >= success_threshold.
     """
-    _check_group_size(group_size)
+    if (group_size is None) == (group_ids is None):
+        given = "neither" if group_size is None else "both"
+        raise ValueError("give exactly one of group_size (prompt-major responses) or group_ids (one id per response), "
+                         f"got {given}")
     if not isinstance(rewards, torch.Tensor):
         raise ValueError(f"rewards must be a tensor, got {type(rewards).__name__}")
+    if group_ids is not None:
+        return _accuracy_by_id(rewards, group_ids, success_threshold)
+    _check_group_size(group_size)
     if rewards.dim() == 1:
         if rewards.numel() % group_size:
             raise ValueError(f"rewards has {rewards.numel()} elements, not a multiple of group_size={group_size}")
@@ -27,6 +49,22 @@ def group_accuracy(rewards: torch.Tensor, *, group_size: int, success_threshold:
         raise ValueError(f"rewards must be [P * G] or [P, G] with G = group_size = {group_size}, "
                          f"got shape {tuple(rewards.shape)}")
     return (rewards.detach() >= success_threshold).float().mean(dim=1)
+
+
+def _accuracy_by_id(rewards: torch.Tensor, group_ids: torch.Tensor, success_threshold: float) -> torch.Tensor:
+    if rewards.dim() != 1:
+        raise ValueError(f"rewards must be [N] (one reward per response) with group_ids, "
+                         f"got shape {tuple(rewards.shape)}")
+    if (not isinstance(group_ids, torch.Tensor) or group_ids.shape != rewards.shape
+            or group_ids.is_floating_point() or group_ids.is_complex() or group_ids.dtype == torch.bool):
+        raise ValueError(f"group_ids must be an integer tensor of the rewards' shape {tuple(rewards.shape)}, "
+                         f"got {_describe(group_ids)}")
+    ids, group = torch.unique(group_ids.to(rewards.device), return_inverse=True)  # group [N] in 0..P-1
+    groups = ids.numel()
+    correct = (rewards.detach() >= success_threshold).float()
+    hits = torch.zeros(groups, device=rewards.device).index_add_(0, group, correct)
+    sizes = torch.zeros(groups, device=rewards.device).index_add_(0, group, torch.ones_like(correct))
+    return hits / sizes
 
 
 def entropy_stats(entropy: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

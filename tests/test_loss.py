@@ -40,6 +40,51 @@ def test_group_accuracy_validates_arguments(rewards, group_size, name):
         group_accuracy(rewards, group_size=group_size)
 
 
+def test_group_accuracy_by_group_ids_in_any_order_and_group_size():
+    # Prompt 7: 2 of 3 correct; prompt 2: 0 of 1; prompt 5: 1 of 4 (one NaN reward, not correct).
+    rewards = torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, math.nan, 0.2, 0.0])
+    ids = torch.tensor([7, 5, 2, 7, 5, 5, 7, 5])
+    acc = group_accuracy(rewards, group_ids=ids)
+    assert acc.dtype == torch.float32
+    assert acc.tolist() == pytest.approx([0.0, 0.25, 2 / 3])  # ascending ids: 2, 5, 7
+    _, inverse = torch.unique(ids, return_inverse=True)
+    assert acc[inverse].tolist() == pytest.approx([2 / 3, 0.25, 0.0, 2 / 3, 0.25, 0.25, 2 / 3, 0.25])
+
+
+def test_group_accuracy_by_group_ids_matches_group_size_on_prompt_major_input():
+    rewards = torch.rand(5 * 4)
+    ids = torch.arange(5).repeat_interleave(4)
+    assert torch.equal(group_accuracy(rewards, group_ids=ids), group_accuracy(rewards, group_size=4))
+    permutation = torch.randperm(20)
+    assert torch.equal(group_accuracy(rewards[permutation], group_ids=ids[permutation]),
+                       group_accuracy(rewards, group_size=4))
+
+
+def test_group_accuracy_by_group_ids_success_threshold_and_empty_batch():
+    rewards = torch.tensor([0.5, 0.49, 1.0, -1.0])
+    ids = torch.zeros(4, dtype=torch.int64)
+    assert group_accuracy(rewards, group_ids=ids, success_threshold=0.0).tolist() == [0.75]
+    assert group_accuracy(torch.zeros(0), group_ids=torch.zeros(0, dtype=torch.int64)).shape == (0,)
+
+
+@pytest.mark.parametrize(
+    "rewards, kwargs, message",
+    [
+        (torch.zeros(4), {}, "exactly one of group_size .* or group_ids .*, got neither"),
+        (torch.zeros(4), {"group_size": 2, "group_ids": torch.zeros(4, dtype=torch.int64)}, "got both"),
+        (torch.zeros(2, 2), {"group_ids": torch.zeros(4, dtype=torch.int64)}, "rewards"),
+        (torch.zeros(4), {"group_ids": torch.zeros(3, dtype=torch.int64)}, "group_ids"),
+        (torch.zeros(4), {"group_ids": torch.zeros(4)}, "group_ids"),
+        (torch.zeros(4), {"group_ids": torch.zeros(4, dtype=torch.bool)}, "group_ids"),
+        (torch.zeros(4), {"group_ids": [0, 0, 1, 1]}, "group_ids"),
+        ([1.0, 0.0], {"group_ids": torch.zeros(2, dtype=torch.int64)}, "rewards"),
+    ],
+)
+def test_group_accuracy_by_group_ids_validates_arguments(rewards, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        group_accuracy(rewards, **kwargs)
+
+
 # ---------------------------------------------------------------- entropy_stats
 
 
