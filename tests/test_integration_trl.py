@@ -26,7 +26,7 @@ def import_datasets_past_the_tests_helper():
     try:
         importlib.import_module("datasets")
     except ImportError:
-        pass  # no datasets: importorskip("trl") below says why the tests skip
+        pass  # no datasets: the importorskip below says why the tests skip
     finally:
         sys.path[:] = path
         for name in [n for n in sys.modules if n == "multiprocess" or n.startswith("multiprocess.")]:
