@@ -19,7 +19,7 @@ $(READY): pyproject.toml
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH)"
 	$(PY) -m pip install -q -e ".[test,bench,demo,trl]"
 	if $(PY) -c "import sys; sys.exit(sys.version_info >= (3, 13))"; then \
-		$(PY) -m pip install -q --no-deps "$(VERL)" && $(PY) -m pip install -q $(VERL_LOSS_DEPS); \
+		$(PY) -m pip install -q $(VERL_LOSS_DEPS) && $(PY) -m pip install -q --no-deps "$(VERL)"; \
 	else echo "verl supports Python < 3.13: its integration tests skip"; fi
 	touch $@
 
