@@ -5,7 +5,9 @@ import importlib.util
 import json
 import math
 import os
+import subprocess
 import sys
+import textwrap
 
 import pytest
 import torch
@@ -49,7 +51,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast 
 from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 
 from aer import AERConfig  # noqa: E402
-from aer.integrations.trl import COEFFICIENTS_KEY, AERGRPOTrainer  # noqa: E402
+from aer.integrations.trl import COEFFICIENTS_KEY, AERGRPOTrainer, AERTrainerMixin  # noqa: E402
 
 VOCAB = ["<pad>", "<eos>", *"0123456789+= "]
 PROMPTS = [f"{a}+{b}=" for a in range(8) for b in range(4)]  # distinct: a prompt's text names its group
@@ -106,7 +108,8 @@ def fixed(alpha, weighting="uniform"):
 def test_uniform_fixed_alpha_equals_trl_entropy_coef_step_for_step(tmp_path, tokenizer, loss_type):
     alpha = 0.5
     reference = step_logs(train(tmp_path / "trl", tokenizer, GRPOTrainer, loss_type=loss_type, entropy_coef=alpha))
-    aer = step_logs(train(tmp_path / "aer", tokenizer, loss_type=loss_type, trainer_kwargs={"aer_config": fixed(alpha)}))
+    aer = step_logs(train(tmp_path / "aer", tokenizer, loss_type=loss_type,
+                          trainer_kwargs={"aer_config": fixed(alpha)}))
     assert len(aer) == len(reference) == 3
     for ours, theirs in zip(aer, reference):
         for key in ("loss", "grad_norm", "entropy"):
@@ -184,7 +187,8 @@ def test_named_reward_sets_the_group_accuracy(tmp_path, tokenizer):
     by_sum = step_logs(train(tmp_path / "sum", tokenizer, reward_funcs=funcs, max_steps=1,
                              trainer_kwargs={"aer_config": fixed(0.1, weighting="linear")}))
     by_name = step_logs(train(tmp_path / "name", tokenizer, reward_funcs=funcs, max_steps=1,
-                              trainer_kwargs={"aer_config": fixed(0.1, weighting="linear"), "aer_reward": "even_length"}))
+                              trainer_kwargs={"aer_config": fixed(0.1, weighting="linear"),
+                                              "aer_reward": "even_length"}))
     assert by_sum[0]["aer/weight_mean"] == 0.0  # the weighted sum is >= 1: every group solved
     # Linear weighting, equal groups: mean w = 1 - mean accuracy = 1 - the reward's mean.
     assert by_name[0]["aer/weight_mean"] == pytest.approx(1 - by_name[0]["rewards/even_length/mean"])
@@ -238,3 +242,89 @@ def test_resuming_without_aer_state_warns_and_starts_afresh(tmp_path, tokenizer)
 def test_bad_settings_are_refused(tmp_path, tokenizer, config, trainer_kwargs, message):
     with pytest.raises(ValueError, match=message):
         train(tmp_path, tokenizer, max_steps=1, trainer_kwargs=trainer_kwargs, **config)
+
+
+def test_entropy_coef_is_refused_behind_a_subclass_that_hides_its_arguments(tmp_path, tokenizer):
+    class PassThrough(GRPOTrainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+
+    class Mine(AERTrainerMixin, PassThrough):
+        pass
+
+    with pytest.raises(ValueError, match="entropy_coef must be 0"):
+        train(tmp_path, tokenizer, Mine, max_steps=1, entropy_coef=0.01)
+
+
+# Each of two processes trains on its half of every rollout batch: 3 prompts x 4 completions, 6 per process,
+# so the middle prompt's group is split between the processes.
+TWO_PROCESS_WORKER = textwrap.dedent("""
+    import json, sys
+    import torch
+    from datasets import Dataset
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from trl import GRPOConfig
+    from aer import AERConfig
+    from aer.integrations.trl import COEFFICIENTS_KEY, AERGRPOTrainer
+
+    VOCAB = ["<pad>", "<eos>", *"0123456789+= "]
+    backend = Tokenizer(models.WordLevel({t: i for i, t in enumerate(VOCAB)}, unk_token="<pad>"))
+    backend.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>")
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(VOCAB), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=2, max_position_embeddings=64, pad_token_id=0, bos_token_id=1, eos_token_id=1))
+
+    def even_length(completions, **kwargs):
+        return [float(len(c) % 2 == 0) for c in completions]
+
+    rows = []
+
+    class Recording(AERGRPOTrainer):
+        def _compute_loss(self, model, inputs):
+            for i in range(inputs["prompt_ids"].size(0)):
+                prompt = inputs["prompt_ids"][i][inputs["prompt_mask"][i].bool()].tolist()
+                mask = inputs["completion_mask"][i].bool()
+                completion = tokenizer.decode(inputs["completion_ids"][i][mask], skip_special_tokens=True)
+                rows.append([self._step // 2, prompt, even_length([completion])[0], int(mask.sum()),
+                             inputs[COEFFICIENTS_KEY][i].item()])
+            return super()._compute_loss(model, inputs)
+
+    args = GRPOConfig(output_dir=sys.argv[1], use_cpu=True, bf16=False, report_to="none", disable_tqdm=True, seed=0,
+                      per_device_train_batch_size=3, gradient_accumulation_steps=2, num_generations=4,
+                      max_completion_length=6, max_steps=3, logging_steps=1, save_strategy="no", learning_rate=1e-2)
+    trainer = Recording(model=model, reward_funcs=[even_length], args=args, processing_class=tokenizer,
+                        train_dataset=Dataset.from_dict({"prompt": [f"{a}+{b}=" for a in range(8) for b in range(4)]}),
+                        aer_config=AERConfig(weighting="linear", target_ratio=2.0, coef_init=0.1, coef_step=0.05,
+                                             coef_max=1.0))
+    trainer.train()
+    with open(f"{sys.argv[1]}/rank{trainer.accelerator.process_index}.json", "w") as f:
+        json.dump({"rows": rows, "state": trainer.aer_controller.state_dict()}, f)
+""")
+
+
+@pytest.mark.distributed
+def test_two_processes_share_alpha_and_groups_split_between_them(tmp_path):
+    (tmp_path / "worker.py").write_text(TWO_PROCESS_WORKER)
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          str(tmp_path / "worker.py"), str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert ranks[0]["state"] == ranks[1]["state"]  # one all-reduced update per rollout: the same α everywhere
+    groups = {}
+    for rank, result in enumerate(ranks):
+        for rollout, prompt, reward, tokens, coefficient in result["rows"]:
+            groups.setdefault((rollout, tuple(prompt)), []).append((rank, reward, tokens, coefficient))
+    assert len(groups) == 9 and all(len(group) == 4 for group in groups.values())
+    assert sum({rank for rank, *_ in group} == {0, 1} for group in groups.values()) == 3  # one split group a rollout
+    alphas = [0.1, 0.1, 0.15]  # anchoring on the first rollout, then one coef_step up per rollout
+    for (rollout, _), group in groups.items():
+        acc = sum(reward for _, reward, _, _ in group) / 4  # over both processes' completions
+        for *_, coefficient in group:
+            assert coefficient == pytest.approx(alphas[rollout] * (1 - acc))
+    first_rollout_tokens = sum(tokens for (rollout, _), group in groups.items() if rollout == 0
+                               for _, _, tokens, _ in group)
+    assert ranks[0]["state"]["anchor_token_count"] == first_rollout_tokens  # H0 over both processes' tokens
+    assert ranks[0]["state"]["step"] == 3

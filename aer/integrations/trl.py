@@ -81,6 +81,7 @@ class AERTrainerMixin:
         self._aer_captured: dict[str, torch.Tensor] | None = None
         self._aer_entropy_sums: tuple[torch.Tensor, torch.Tensor] | None = None
         super().__init__(*args, **kwargs)
+        _check_grpo_args(self.args)  # again: a subclass's __init__(*args, **kwargs) hides `args` from the first check
         if aer_reward is not None and aer_reward not in self.reward_func_names:
             raise ValueError(f"aer_reward must name one of the reward functions {self.reward_func_names}, "
                              f"got {aer_reward!r}")
@@ -198,7 +199,8 @@ class AERTrainerMixin:
     def _save_checkpoint(self, model: Any, trial: Any, *args: Any, **kwargs: Any) -> None:
         super()._save_checkpoint(model, trial, *args, **kwargs)
         if self.args.should_save:
-            folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            checkpoint = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            folder = os.path.join(self._get_output_dir(trial=trial), checkpoint)
             with open(os.path.join(folder, STATE_FILE), "w") as f:
                 json.dump(self.aer_controller.state_dict(), f)
 

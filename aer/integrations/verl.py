@@ -127,7 +127,8 @@ class AERDriver:
             [N] fp32 coefficients on the scores' device.
         """
         if not isinstance(entropy, torch.Tensor) or entropy.dim() != 2 or entropy.shape[0] != len(uids):
-            raise ValueError(f"entropy must be a tensor [N, T] with N = len(uids) = {len(uids)}, got {_describe(entropy)}")
+            raise ValueError(f"entropy must be a tensor [N, T] with N = len(uids) = {len(uids)}, "
+                             f"got {_describe(entropy)}")
         acc = group_accuracy(scores, uids, is_padding=is_padding,
                              success_threshold=self.controller.config.success_threshold)
         keep = _real_samples(scores, uids, is_padding).to(scores.device)
