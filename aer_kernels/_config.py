@@ -4,44 +4,58 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-# 16-byte vector loads x 32 lanes x num_warps per block iteration. Defaults chosen from the
-# Triton matmul-free reduction tutorials' rule of thumb (8 warps, 4 K-element blocks for 2-byte
-# data); unmeasured on a GPU in this repository so far, see benchmarks/NOTES.md.
-_FWD_WARPS = 8
-_BWD_WARPS = 8
+# A program streams its row(s) in tiles of ``unroll x num_warps x 32 lanes x vec`` elements: each lane loads
+# ``unroll`` 16-byte vectors per iteration. 8 warps x 4 vectors is 16 KiB of logits in flight per program at
+# 64 registers a thread (forward, sm_90, from the compile report: python -m benchmarks --ptx-report); not yet
+# tuned on a GPU, see benchmarks/NOTES.md.
+_WARPS = 8
+_UNROLL = 4
 # Programs wanted per SM before a row is split across programs (fills the GPU at small N).
 _PROGRAMS_PER_SM = 8
-# A split never covers fewer than this many blocks: below it the merge costs more than it saves.
+# A split never covers fewer than this many tiles: below it the merge costs more than it saves.
 _MIN_BLOCKS_PER_SPLIT = 2
 _MAX_SPLITS = 64
+LANES = 32
 
 
 class LaunchConfig(NamedTuple):
-    block_v: int  # columns loaded per loop iteration (power of two)
+    vec: int  # elements per 16-byte vector load
+    unroll: int  # vectors per lane per loop iteration
     num_warps: int
-    num_stages: int
     splits: int  # programs per row
     split_len: int  # columns per program, a multiple of block_v
+
+    @property
+    def block_v(self) -> int:
+        """Columns per loop iteration."""
+        return self.unroll * self.num_warps * LANES * self.vec
 
 
 def _next_pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
-def launch_config(n_rows: int, vocab: int, elem_size: int, num_sms: int, *, backward: bool = False) -> LaunchConfig:
-    """Block, warps, stages and row splits for ``n_rows`` rows of ``vocab`` ``elem_size``-byte logits.
+def make_config(vocab: int, elem_size: int, num_warps: int, unroll: int, splits: int) -> LaunchConfig:
+    """A valid config: at most ``splits`` programs per row, each covering a whole number of tiles."""
+    vec = 16 // elem_size
+    block_v = unroll * num_warps * LANES * vec
+    n_blocks = max(1, -(-vocab // block_v))
+    blocks_per_split = -(-n_blocks // max(1, min(splits, n_blocks)))
+    return LaunchConfig(vec, unroll, num_warps, -(-n_blocks // blocks_per_split), blocks_per_split * block_v)
 
-    ``num_sms`` is the GPU's multiprocessor count (1 under the CPU interpreter).
+
+def launch_config(n_rows: int, vocab: int, elem_size: int, num_sms: int) -> LaunchConfig:
+    """Vector width, unroll, warps and row splits for ``n_rows`` rows of ``vocab`` ``elem_size``-byte logits.
+
+    ``num_sms`` is the GPU's multiprocessor count (1 under the CPU interpreter). Forward and backward share it.
     """
-    if n_rows < 0 or vocab < 0 or elem_size not in (2, 4, 8) or num_sms < 1:
+    if n_rows < 0 or vocab < 0 or elem_size not in (2, 4) or num_sms < 1:
         raise ValueError(f"launch_config: bad sizes n_rows={n_rows} vocab={vocab} elem_size={elem_size} num_sms={num_sms}")
-    # 16 KiB of logits per iteration: 8 K bf16 or 4 K fp32 elements.
-    block_v = min(16384 // elem_size, _next_pow2(max(vocab, 16)))
-    num_warps = _BWD_WARPS if backward else _FWD_WARPS
-    num_warps = min(num_warps, max(1, block_v // 256))
-    n_blocks = -(-vocab // block_v) if vocab else 1
+    vectors = _next_pow2(max(1, -(-vocab // (LANES * (16 // elem_size)))))  # 16-byte vectors per lane row
+    num_warps = min(_WARPS, vectors)
+    unroll = min(_UNROLL, vectors // num_warps)
+    block_v = unroll * num_warps * LANES * (16 // elem_size)
+    n_blocks = max(1, -(-vocab // block_v))
     wanted = -(-_PROGRAMS_PER_SM * num_sms // max(n_rows, 1))
     splits = max(1, min(wanted, n_blocks // _MIN_BLOCKS_PER_SPLIT, _MAX_SPLITS))
-    blocks_per_split = -(-n_blocks // splits)
-    splits = -(-n_blocks // blocks_per_split)  # no empty trailing split
-    return LaunchConfig(block_v, num_warps, 1, splits, blocks_per_split * block_v)
+    return make_config(vocab, elem_size, num_warps, unroll, splits)

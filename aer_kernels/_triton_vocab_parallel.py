@@ -1,8 +1,8 @@
 """Triton kernels for the per-row steps of the vocab-parallel combine (see ``vocab_parallel.py``).
 
-Both are elementwise over rows: ``partials`` turns one shard's ``(lse_r, H_r, logp_r)`` into the rows
-of the tensor that is summed over ranks, ``combine`` turns the summed rows into ``H``, ``logp``,
-``lse`` and ``E``. One launch each instead of a dozen small PyTorch kernels.
+Both are elementwise over rows: ``partials`` turns one shard's row statistics ``(m_r, log_s_r)``, ``H_r``
+and ``logp_r`` into the rows of the tensor that is summed over ranks, ``combine`` turns the summed rows
+into ``H``, ``logp`` and the global row statistics. One launch each instead of a dozen small PyTorch kernels.
 """
 
 from __future__ import annotations
@@ -16,36 +16,45 @@ from ._triton import on_device_of
 _BLOCK = 1024
 
 
+@triton.heuristics({"HAS_TARGETS": lambda args: args["targets_ptr"] is not None})
 @triton.jit
 def vocab_parallel_partials_kernel(
-    lse_ptr, h_ptr, logp_ptr, targets_ptr, row_max_ptr,  # [N]
-    sums_ptr,  # [K, N]: a, a * (rel - H_r), owned * (z_y - M), owned
-    N, V,
+    stats_ptr,  # [N, 2]: (m_r, log_s_r)
+    h_ptr, logp_ptr, targets_ptr, row_max_ptr,  # [N]
+    sums_ptr,  # [K, N]: a, a * (shift + e_rel_r), owned * (x_y - M) / T, owned
+    N, V, inv_t,
     HAS_TARGETS: tl.constexpr, BLOCK: tl.constexpr,
 ):
     rows = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)  # [BLOCK]
     in_range = rows < N
-    lse = tl.load(lse_ptr + rows, mask=in_range, other=float("-inf"))
+    m = tl.load(stats_ptr + rows * 2, mask=in_range, other=0.0)
+    log_s = tl.load(stats_ptr + rows * 2 + 1, mask=in_range, other=float("-inf"))
+    e_rel = log_s - tl.load(h_ptr + rows, mask=in_range, other=0.0)
     row_max = tl.load(row_max_ptr + rows, mask=in_range, other=0.0)
-    h = tl.load(h_ptr + rows, mask=in_range, other=0.0)
-    empty = lse == float("-inf")  # contributes nothing; a NaN lse still propagates
-    rel = lse - row_max
+    empty = log_s == float("-inf")  # contributes nothing; a NaN still propagates
+    shift = (m - tl.where(row_max == float("-inf"), 0.0, row_max)) * inv_t
+    rel = shift + log_s
     a = tl.where(empty, 0.0, tl.exp(rel))
     tl.store(sums_ptr + rows, a, mask=in_range)
-    tl.store(sums_ptr + N + rows, tl.where(empty, 0.0, a * (rel - h)), mask=in_range)
+    tl.store(sums_ptr + N + rows, tl.where(empty, 0.0, a * (shift + e_rel)), mask=in_range)
     if HAS_TARGETS:
         y = tl.load(targets_ptr + rows, mask=in_range, other=-1).to(tl.int64)
         owned = (y >= 0) & (y < V)
         logp = tl.load(logp_ptr + rows, mask=in_range, other=0.0)
-        z_rel = tl.where(empty, float("-inf"), logp + rel)  # z_y - M; an all -inf shard row has z_y = -inf
+        z_rel = tl.where(empty, float("-inf"), logp + rel)  # (x_y - M) / T; an all -inf shard row has x_y = -inf
         tl.store(sums_ptr + 2 * N + rows, tl.where(owned, z_rel, 0.0), mask=in_range)
         tl.store(sums_ptr + 3 * N + rows, owned.to(tl.float32), mask=in_range)
 
 
+@triton.heuristics({
+    "HAS_TARGETS": lambda args: args["logp_ptr"] is not None,
+    "HAS_MASK": lambda args: args["mask_ptr"] is not None,
+})
 @triton.jit
 def vocab_parallel_combine_kernel(
     row_max_ptr, sums_ptr, mask_ptr,
-    h_ptr, logp_ptr, lse_ptr, e_ptr,  # [N] fp32
+    h_ptr, logp_ptr,  # [N] fp32
+    stats_ptr,  # [N, 2] fp32
     N,
     HAS_TARGETS: tl.constexpr, HAS_MASK: tl.constexpr, BLOCK: tl.constexpr,
 ):
@@ -58,10 +67,10 @@ def vocab_parallel_combine_kernel(
     s = tl.load(sums_ptr + rows, mask=in_range, other=1.0)
     w = tl.load(sums_ptr + N + rows, mask=in_range, other=0.0)
     log_s = tl.log(s)
-    w_over_s = w / s
-    tl.store(h_ptr + rows, tl.where(active, log_s - w_over_s, 0.0), mask=in_range)
-    tl.store(lse_ptr + rows, tl.where(active, row_max + log_s, 0.0), mask=in_range)
-    tl.store(e_ptr + rows, tl.where(active, row_max + w_over_s, 0.0), mask=in_range)
+    e_rel = w / s
+    tl.store(h_ptr + rows, tl.where(active, log_s - e_rel, 0.0), mask=in_range)
+    tl.store(stats_ptr + rows * 2, tl.where(active & (row_max > float("-inf")), row_max, 0.0), mask=in_range)
+    tl.store(stats_ptr + rows * 2 + 1, tl.where(active, log_s, 0.0), mask=in_range)
     if HAS_TARGETS:
         z_rel = tl.load(sums_ptr + 2 * N + rows, mask=in_range, other=0.0)
         owners = tl.load(sums_ptr + 3 * N + rows, mask=in_range, other=1.0)
@@ -73,27 +82,25 @@ def _grid(n: int) -> tuple[int]:
     return (triton.cdiv(n, _BLOCK),)
 
 
-def partials(lse, h, logp, targets, row_max, vocab: int, sums) -> None:
+def partials(stats, h, logp, targets, row_max, vocab: int, temperature: float, sums) -> None:
     """Fill ``sums`` ([2, N], or [4, N] with ``targets``) from one shard's per-row statistics."""
-    n = lse.numel()
+    n = stats.shape[0]
     if n == 0:
         return
-    with on_device_of(lse):
+    with on_device_of(stats):
         vocab_parallel_partials_kernel[_grid(n)](
-            lse, h, logp if targets is not None else lse, targets if targets is not None else lse, row_max,
-            sums, n, vocab, HAS_TARGETS=targets is not None, BLOCK=_BLOCK,
+            stats_ptr=stats, h_ptr=h, logp_ptr=logp if targets is not None else None, targets_ptr=targets,
+            row_max_ptr=row_max, sums_ptr=sums, N=n, V=vocab, inv_t=1.0 / temperature, BLOCK=_BLOCK,
         )
 
 
-def combine(row_max, sums, mask, h, logp, lse, e) -> None:
-    """Fill ``h``, ``lse``, ``e`` (and ``logp`` when ``sums`` has 4 rows) from the summed partials."""
+def combine(row_max, sums, mask, h, logp, stats) -> None:
+    """Fill ``h``, ``stats`` (and ``logp`` when ``sums`` has 4 rows) from the summed partials."""
     n = row_max.numel()
     if n == 0:
         return
-    has_targets = sums.shape[0] == 4
     with on_device_of(row_max):
         vocab_parallel_combine_kernel[_grid(n)](
-            row_max, sums, mask.view(torch.uint8) if mask is not None else row_max,
-            h, logp if has_targets else h, lse, e, n,
-            HAS_TARGETS=has_targets, HAS_MASK=mask is not None, BLOCK=_BLOCK,
+            row_max_ptr=row_max, sums_ptr=sums, mask_ptr=mask.view(torch.uint8) if mask is not None else None,
+            h_ptr=h, logp_ptr=logp if sums.shape[0] == 4 else None, stats_ptr=stats, N=n, BLOCK=_BLOCK,
         )

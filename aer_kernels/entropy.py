@@ -1,8 +1,9 @@
 """Per-token entropy and target log-prob, top to bottom: torch.library ops -> autograd -> public API.
 
-The ops are ``aer_kernels::forward`` (returns ``H``, ``logp``, ``lse``, ``E`` per row),
-``aer_kernels::backward`` (a new gradient buffer) and ``aer_kernels::backward_`` (the gradient
-written over the logits). Only ``lse`` and ``E`` (8 bytes a row) are saved for backward.
+The ops are ``aer_kernels::forward`` (returns ``H``, ``logp`` and the ``[N, 2]`` row statistics
+``(m, log_s)``: the row max and ``lse`` relative to it), ``aer_kernels::backward`` (a new gradient buffer)
+and ``aer_kernels::backward_`` (the gradient written over the logits). Only the row statistics and ``H``
+(12 bytes a row) are saved for backward.
 """
 
 from __future__ import annotations
@@ -30,15 +31,15 @@ def _row_arg(t: Optional[Tensor]) -> Optional[Tensor]:
 
 @torch.library.custom_op("aer_kernels::forward", mutates_args=())
 def _forward(logits: Tensor, targets: Optional[Tensor], mask: Optional[Tensor], temperature: float,
-             backend: str, inplace_backward: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+             backend: str, inplace_backward: bool) -> tuple[Tensor, Tensor, Tensor]:
     layout = row_layout(logits)
     n = layout.n_rows
     out = dict(device=logits.device, dtype=reference.accumulation_dtype(logits.dtype))
-    h, lse, e = (torch.empty(n, **out) for _ in range(3))
+    h, stats = torch.empty(n, **out), torch.empty((n, 2), **out)
     logp = torch.empty(n if targets is not None else 0, **out)
     _impl(backend).forward(logits, layout, _row_arg(targets), _row_arg(mask), temperature,
-                           h, logp if targets is not None else None, lse, e)
-    return h, logp, lse, e
+                           h, logp if targets is not None else None, stats)
+    return h, logp, stats
 
 
 @_forward.register_fake
@@ -46,56 +47,64 @@ def _(logits, targets, mask, temperature, backend, inplace_backward):
     n = logits.numel() // logits.shape[-1]
     out = dict(device=logits.device, dtype=reference.accumulation_dtype(logits.dtype))
     return (logits.new_empty(n, **out), logits.new_empty(n if targets is not None else 0, **out),
-            logits.new_empty(n, **out), logits.new_empty(n, **out))
+            logits.new_empty((n, 2), **out))
 
 
-def _backward_into(grad: Tensor, logits, targets, mask, lse, e, grad_h, grad_logp, temperature, backend):
+def _backward_into(grad: Tensor, logits, targets, mask, stats, h, grad_h, grad_logp, temperature, backend):
     layout = row_layout(logits)
     grad_layout = layout if grad is logits else layout.contiguous()
-    _impl(backend).backward(logits, layout, grad, grad_layout, _row_arg(targets), _row_arg(mask), lse, e,
+    _impl(backend).backward(logits, layout, grad, grad_layout, _row_arg(targets), _row_arg(mask), stats, h,
                             _row_arg(grad_h), _row_arg(grad_logp), temperature)
 
 
 @torch.library.custom_op("aer_kernels::backward", mutates_args=())
-def _backward(logits: Tensor, targets: Optional[Tensor], mask: Optional[Tensor], lse: Tensor, e: Tensor,
+def _backward(logits: Tensor, targets: Optional[Tensor], mask: Optional[Tensor], stats: Tensor, h: Tensor,
               grad_h: Optional[Tensor], grad_logp: Optional[Tensor], temperature: float, backend: str) -> Tensor:
     grad = torch.empty(logits.shape, device=logits.device, dtype=logits.dtype)
-    _backward_into(grad, logits, targets, mask, lse, e, grad_h, grad_logp, temperature, backend)
+    _backward_into(grad, logits, targets, mask, stats, h, grad_h, grad_logp, temperature, backend)
     return grad
 
 
 @_backward.register_fake
-def _(logits, targets, mask, lse, e, grad_h, grad_logp, temperature, backend):
+def _(logits, targets, mask, stats, h, grad_h, grad_logp, temperature, backend):
     return torch.empty(logits.shape, device=logits.device, dtype=logits.dtype)
 
 
 @torch.library.custom_op("aer_kernels::backward_", mutates_args=("logits",))
-def _backward_inplace(logits: Tensor, targets: Optional[Tensor], mask: Optional[Tensor], lse: Tensor,
-                      e: Tensor, grad_h: Optional[Tensor], grad_logp: Optional[Tensor], temperature: float,
+def _backward_inplace(logits: Tensor, targets: Optional[Tensor], mask: Optional[Tensor], stats: Tensor,
+                      h: Tensor, grad_h: Optional[Tensor], grad_logp: Optional[Tensor], temperature: float,
                       backend: str) -> None:
-    _backward_into(logits, logits, targets, mask, lse, e, grad_h, grad_logp, temperature, backend)
+    _backward_into(logits, logits, targets, mask, stats, h, grad_h, grad_logp, temperature, backend)
+
+
+def undefined_logp_grad(grad_logp: Tensor, logp_defined: Tensor) -> Tensor:
+    """``grad_logp``, NaN where a nonzero gradient flows into an undefined (NaN) log-prob.
+
+    A zero upstream gradient (the ``ignore_index`` pattern: ``torch.where(t != -100, logp, 0)``) gives a
+    zero gradient, so excluded rows never poison the weights.
+    """
+    return torch.where(logp_defined | (grad_logp == 0), grad_logp, float("nan"))
 
 
 def _setup_context(ctx, inputs, output):
     logits, targets, mask, temperature, backend, inplace_backward = inputs
-    _, _, lse, e = output
-    ctx.mark_non_differentiable(lse, e)
+    h, _, stats = output
+    ctx.mark_non_differentiable(stats)
     ctx.set_materialize_grads(False)  # an unused output's gradient arrives as None: no work for it
-    ctx.save_for_backward(logits, targets, mask, lse, e)
+    ctx.save_for_backward(logits, targets, mask, stats, h)
     ctx.temperature, ctx.backend, ctx.inplace_backward = temperature, backend, inplace_backward
 
 
-def _autograd_backward(ctx, grad_h, grad_logp, _grad_lse, _grad_e):
-    logits, targets, mask, lse, e = ctx.saved_tensors
+def _autograd_backward(ctx, grad_h, grad_logp, _grad_stats):
+    logits, targets, mask, stats, h = ctx.saved_tensors
     if targets is None:
         grad_logp = None  # logp is the empty placeholder
     if grad_h is None and grad_logp is None:
         return None, None, None, None, None, None
     if grad_logp is not None:
-        # logp is NaN where the target is outside the vocab: so is its gradient.
         in_vocab = (targets >= 0) & (targets < logits.shape[-1])
-        grad_logp = torch.where(in_vocab.reshape(-1), grad_logp, float("nan"))
-    args = (targets, mask, lse, e, grad_h, grad_logp, ctx.temperature, ctx.backend)
+        grad_logp = undefined_logp_grad(grad_logp, in_vocab.reshape(-1))
+    args = (targets, mask, stats, h, grad_h, grad_logp, ctx.temperature, ctx.backend)
     if ctx.inplace_backward:
         torch.ops.aer_kernels.backward_(logits, *args)
         grad = logits
@@ -125,7 +134,7 @@ def _run(logits, targets, mask, temperature, backend, inplace_backward):
     if inplace_backward:
         _check_inplace(logits)
     lead = logits.shape[:-1]
-    h, logp, _, _ = _forward(with_row_layout(logits), targets, mask, temperature, backend, inplace_backward)
+    h, logp, _ = _forward(with_row_layout(logits), targets, mask, temperature, backend, inplace_backward)
     return h.view(lead), (logp.view(lead) if targets is not None else None)
 
 

@@ -1,4 +1,4 @@
-"""The pure-PyTorch implementation: the CPU path and the test oracle.
+"""The pure-PyTorch implementation: the CPU path, with the Triton kernels' arguments and numerics.
 
 Same functions, arguments and numerics as the Triton kernels (fp32 accumulation; float64 logits
 are accumulated in float64, which lets ``torch.autograd.gradcheck`` verify the formulas). Rows are
@@ -14,6 +14,8 @@ import torch
 from ._layout import RowLayout
 
 CHUNK_ELEMENTS = 1 << 22
+# Beyond this many nats below the max, exp underflows to 0 even in float64 (the Triton kernel uses the same).
+_FLOOR = -1.0e4
 
 
 def entropy(logits, *, temperature=1.0, mask=None):
@@ -55,40 +57,37 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def forward(logits, layout: RowLayout, targets, mask, temperature, h, logp, lse, e) -> None:
-    """Fill ``h``, ``lse``, ``e`` (and ``logp``) like the Triton forward kernel."""
+def forward(logits, layout: RowLayout, targets, mask, temperature, h, logp, stats) -> None:
+    """Fill ``h``, ``stats`` (``[N, 2]``: ``m, log_s``) and ``logp`` like the Triton forward kernel."""
     x3 = layout.as_3d(logits)
     acc = accumulation_dtype(logits.dtype)
     for so, si, r0, count in _chunks(layout):
         rows = slice(r0, r0 + count)
-        z = x3[so, si].reshape(count, layout.vocab).to(acc, copy=True).div_(temperature)  # [R, V], one buffer
-        m = z.amax(dim=-1, keepdim=True)  # NaN propagates
-        m_ref = torch.where(m == float("-inf"), 0.0, m)
-        d = z.sub_(m_ref)
+        x = x3[so, si].reshape(count, layout.vocab).to(acc, copy=True)  # [R, V], one buffer
+        m = x.amax(dim=-1, keepdim=True)  # in logit units; NaN propagates
+        m = torch.where(m == float("-inf"), 0.0, m)
+        d = x.sub_(m).div_(temperature)  # z - m / T: exact near the max, where confident log-probs live
         p = torch.exp(d)  # the second and last [R, V] buffer
         s = p.sum(-1)
-        w = p.mul_(d).nansum(-1)  # drops 0 * -inf; a NaN logit already made s NaN
-        m_ref = m_ref.squeeze(-1)
-        row_lse = m_ref + torch.log(s)
-        row_h = torch.log(s) - w / s
-        row_e = m_ref + w / s
+        log_s = torch.log(s)
+        e_rel = p.mul_(d).nansum(-1).div_(s)  # nansum drops 0 * -inf; a NaN logit already made s NaN
         active = mask[rows] if mask is not None else None
-        _store(h, rows, row_h, active)
-        _store(lse, rows, row_lse, active)
-        _store(e, rows, row_e, active)
+        _store(h, rows, log_s - e_rel, active)
+        _store(stats, rows, torch.stack((m.squeeze(-1), log_s), -1), active)
         if targets is not None:
             y = targets[rows].long()
             valid = (y >= 0) & (y < layout.vocab)
-            z_y = (d.gather(-1, y.clamp(0, layout.vocab - 1)[:, None]).squeeze(-1) + m_ref)
-            row_logp = torch.where(valid, z_y - row_lse, float("nan"))
-            _store(logp, rows, row_logp, active)
+            d_y = d.gather(-1, y.clamp(0, layout.vocab - 1)[:, None]).squeeze(-1)
+            _store(logp, rows, torch.where(valid, d_y - log_s, float("nan")), active)
 
 
 def _store(out, rows, values, active) -> None:
-    out[rows] = values if active is None else torch.where(active, values, 0.0)
+    if active is not None:
+        values = torch.where(active.view(-1, *(1,) * (values.dim() - 1)), values, 0.0)
+    out[rows] = values
 
 
-def backward(logits, layout: RowLayout, grad, grad_layout: RowLayout, targets, mask, lse, e,
+def backward(logits, layout: RowLayout, grad, grad_layout: RowLayout, targets, mask, stats, h,
              grad_h, grad_logp, temperature) -> None:
     """Write the gradient into ``grad`` (possibly ``logits`` itself) like the Triton backward kernel."""
     x3 = layout.as_3d(logits)
@@ -96,21 +95,21 @@ def backward(logits, layout: RowLayout, grad, grad_layout: RowLayout, targets, m
     acc = accumulation_dtype(logits.dtype)
     for so, si, r0, count in _chunks(layout):
         rows = slice(r0, r0 + count)
-        z = x3[so, si].reshape(count, layout.vocab).to(acc, copy=True).div_(temperature)  # [R, V]
-        row_lse = lse[rows, None].to(acc)
-        # -inf logits get gradient 0 (not 0 * inf) unless the row has no distribution (lse not finite).
-        zero = (z == float("-inf")) & torch.isfinite(row_lse)
-        p = torch.exp(z - row_lse)  # the second [R, V] buffer
-        g = z.sub_(e[rows, None].to(acc)).mul_(-grad_h[rows, None].to(acc)) if grad_h is not None else z.zero_()
-        if grad_logp is not None:
-            g.sub_(grad_logp[rows, None].to(acc))
-        g = g.mul_(p).masked_fill_(zero, 0.0)
+        m, log_s = stats[rows].to(acc).unbind(-1)
+        e_rel = log_s - h[rows].to(acc)
+        gh = grad_h[rows].to(acc) if grad_h is not None else torch.zeros_like(m)
+        gl = grad_logp[rows].to(acc) if grad_logp is not None else torch.zeros_like(m)
+        # dx = p (c_0 + k_d zd) + gl / T 1[j = y] with zd = (x - m) / T and p = exp(zd - log_s). The floor keeps
+        # -inf logits at p = 0 times a finite factor; a row with no distribution (log_s not finite) stays NaN.
+        zd = x3[so, si].reshape(count, layout.vocab).to(acc, copy=True)  # [R, V]
+        zd = zd.sub_(m[:, None]).div_(temperature).clamp_(min=_FLOOR)
+        p = zd.sub(log_s[:, None]).exp_()  # the second [R, V] buffer
+        g = zd.mul_((-gh / temperature)[:, None]).add_(((gh * e_rel - gl) / temperature)[:, None]).mul_(p)
         if grad_logp is not None:
             y = targets[rows].long()
             in_vocab = (y >= 0) & (y < layout.vocab)  # outside [0, V): no one-hot term
-            one_hot = torch.where(in_vocab, grad_logp[rows].to(acc), 0.0)
+            one_hot = torch.where(in_vocab, gl / temperature, 0.0)
             g.scatter_add_(-1, y.clamp(0, layout.vocab - 1)[:, None], one_hot[:, None])
-        g.div_(temperature)
         if mask is not None:
             g.masked_fill_(~mask[rows, None], 0.0)
         g3[so, si].copy_(g.view(g3[so, si].shape))  # converts to the gradient dtype while copying

@@ -1,27 +1,26 @@
 """Exact log-probs and entropy when the vocabulary is sharded over a process group (Megatron-style LM head).
 
-Rank ``r`` holds the logits of vocabulary ids ``[v_r, v_r + V_r)``; with ``z = x / T``, its kernel pass over
-its shard gives per row ``lse_r = log Σ_{j in r} exp z_j``, ``H_r`` (the entropy of the shard's own softmax)
-and, when it holds the target, ``z_y - lse_r``. With the reference ``M = max_r lse_r`` (all-reduce MAX) and
-``a_r = exp(lse_r - M)``, one all-reduce SUM of the stacked rows
+Rank ``r`` holds the logits of vocabulary ids ``[v_r, v_r + V_r)``; its kernel pass over its shard gives per
+row the shard's max ``m_r`` (logit units), ``log_s_r`` and ``H_r`` (so ``e_rel_r = log_s_r - H_r``: its
+``lse`` and ``E`` relative to ``m_r / T``) and, when it holds the target, ``logp_r = z_y - lse_r``. With the global max ``M = max_r m_r``
+(all-reduce MAX) and ``rel_r = (m_r - M) / T + log_s_r`` (= ``lse_r - M / T``), one all-reduce SUM of the
+stacked rows
 
-    S = Σ_r a_r      W = Σ_r a_r (lse_r - M - H_r)      Z = Σ_{r holds y} (z_y - M)      C = #{r holds y}
+    S = Σ_r exp(rel_r)      W = Σ_r exp(rel_r) ((m_r - M) / T + e_rel_r)
+    Z = Σ_{r holds y} (logp_r + rel_r)      C = #{r holds y}
 
-gives the global statistics of the row (``E_r = lse_r - H_r`` and ``E = Σ_r a_r E_r / S``):
+gives the global row statistics, in the single-GPU form (relative to ``M``):
 
-    lse = M + log S      E = M + W / S      H = lse - E = log S - W / S      logp = Z - log S  (NaN unless C = 1)
+    log_s = log S      e_rel = W / S      H = log_s - e_rel      logp = Z - log_s  (NaN unless C = 1)
 
-Every term is relative to ``M``, so huge logits do not cancel. A shard whose row is all ``-inf``
-(``lse_r = -inf``), or that is empty, contributes nothing; it is dropped by a select on ``lse_r = -inf``,
-not a multiply, so a NaN ``lse_r`` (``+inf`` or NaN logits) still makes the row NaN on every rank.
+``m_r - M`` is exact near the max, so huge logits do not cancel. A shard whose row is all ``-inf``
+(``log_s_r = -inf``), or that is empty, contributes nothing; it is dropped by a select, not a multiply,
+so a NaN (``+inf`` or NaN logits) still makes the row NaN on every rank.
 Communicated per row: 4 bytes (MAX) + 16 bytes (SUM), 8 for the entropy alone; never ``[N, V]`` data.
 
-Backward needs no communication: ``dx_j = (1/T)[gL (1[j=y] - p_j) - gH p_j (z_j - E)]`` with
-``p_j = exp(z_j - lse)`` involves only the shard's own logits and the global ``lse`` and ``E``: the single-GPU
-backward with the target shifted by ``-v_r`` (outside ``[0, V_r)``: no one-hot term on this shard).
-
-Precision: ``lse_r`` is fp32, so ``lse_r - M`` carries an absolute error of about ``ulp(|lse|)``
-(1e-5 at ``|lse|`` = 100), which ``H`` inherits; the single-GPU ``logp`` has the same error.
+Backward needs no communication: ``dx_j = (1/T)[gL (1[j=y] - p_j) - gH p_j (z_j - E)]`` involves only the
+shard's own logits and the global row statistics: the single-GPU backward with the target shifted by
+``-v_r`` (outside ``[0, V_r)``: no one-hot term on this shard).
 """
 
 from __future__ import annotations
@@ -33,7 +32,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from . import entropy as _single_gpu_ops  # noqa: F401  registers aer_kernels::forward and ::backward
+from .entropy import undefined_logp_grad  # importing entropy registers aer_kernels::forward and ::backward
 from ._layout import with_row_layout
 from ._validate import check_logits, check_row_tensor, check_temperature, resolve_backend
 from .reference import accumulation_dtype
@@ -45,25 +44,28 @@ def _masked(values: Tensor, mask: Optional[Tensor]) -> Tensor:
     return values if mask is None else torch.where(mask, values, 0.0)
 
 
-def _partials_reference(lse, h, logp, targets, row_max, vocab, sums) -> None:
-    empty = lse == _NEG_INF
-    rel = lse - row_max
+def _partials_reference(stats, h, logp, targets, row_max, vocab, temperature, sums) -> None:
+    m, log_s = stats.unbind(-1)
+    e_rel = log_s - h
+    empty = log_s == _NEG_INF
+    shift = (m - torch.where(row_max == _NEG_INF, 0.0, row_max)) / temperature
+    rel = shift + log_s
     a = torch.where(empty, 0.0, torch.exp(rel))
     sums[0] = a
-    sums[1] = torch.where(empty, 0.0, a * (rel - h))
+    sums[1] = torch.where(empty, 0.0, a * (shift + e_rel))
     if targets is not None:
         owned = (targets >= 0) & (targets < vocab)
-        z_rel = torch.where(empty, _NEG_INF, logp + rel)  # z_y - M; an all -inf shard row has z_y = -inf
+        z_rel = torch.where(empty, _NEG_INF, logp + rel)  # (x_y - M) / T; an all -inf shard row has x_y = -inf
         sums[2] = torch.where(owned, z_rel, 0.0)
         sums[3] = owned
 
 
-def _combine_reference(row_max, sums, mask, h, logp, lse, e) -> None:
+def _combine_reference(row_max, sums, mask, h, logp, stats) -> None:
     log_s = torch.log(sums[0])
-    w_over_s = sums[1] / sums[0]
-    h.copy_(_masked(log_s - w_over_s, mask))
-    lse.copy_(_masked(row_max + log_s, mask))
-    e.copy_(_masked(row_max + w_over_s, mask))
+    e_rel = sums[1] / sums[0]
+    h.copy_(_masked(log_s - e_rel, mask))
+    m = torch.where(row_max == _NEG_INF, 0.0, row_max)
+    stats.copy_(_masked(torch.stack((m, log_s), -1), None if mask is None else mask[:, None]))
     if sums.shape[0] == 4:
         logp.copy_(_masked(torch.where(sums[3] == 1, sums[2] - log_s, float("nan")), mask))
 
@@ -77,52 +79,51 @@ def _kernels(backend: str):
 
 
 @torch.library.custom_op("aer_kernels::vocab_parallel_partials", mutates_args=())
-def _partials(lse: Tensor, h: Tensor, logp: Tensor, targets: Optional[Tensor], row_max: Tensor, vocab: int,
-              backend: str) -> Tensor:
+def _partials(stats: Tensor, h: Tensor, logp: Tensor, targets: Optional[Tensor], row_max: Tensor, vocab: int,
+              temperature: float, backend: str) -> Tensor:
     """``[S, W]`` (entropy) or ``[S, W, Z, C]`` rows of one shard, to be summed over ranks."""
-    sums = lse.new_empty((2 if targets is None else 4, lse.numel()))
-    _kernels(backend)[0](lse, h, logp, targets, row_max, vocab, sums)
+    sums = stats.new_empty((2 if targets is None else 4, stats.shape[0]))
+    _kernels(backend)[0](stats, h, logp, targets, row_max, vocab, temperature, sums)
     return sums
 
 
 @_partials.register_fake
-def _(lse, h, logp, targets, row_max, vocab, backend):
-    return lse.new_empty((2 if targets is None else 4, lse.numel()))
+def _(stats, h, logp, targets, row_max, vocab, temperature, backend):
+    return stats.new_empty((2 if targets is None else 4, stats.shape[0]))
 
 
 @torch.library.custom_op("aer_kernels::vocab_parallel_combine", mutates_args=())
 def _combine(row_max: Tensor, sums: Tensor, mask: Optional[Tensor],
-             backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``(H, logp, lse, E)`` per row from the global ``M`` and the summed partials; masked rows get 0."""
+             backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    """``(H, logp, stats)`` per row from the global max and the summed partials; masked rows get 0."""
     n = row_max.numel()
-    h, lse, e = (torch.empty_like(row_max) for _ in range(3))
+    h, stats = torch.empty_like(row_max), row_max.new_empty((n, 2))
     logp = row_max.new_empty(n if sums.shape[0] == 4 else 0)
-    _kernels(backend)[1](row_max, sums, mask, h, logp, lse, e)
-    return h, logp, lse, e
+    _kernels(backend)[1](row_max, sums, mask, h, logp, stats)
+    return h, logp, stats
 
 
 @_combine.register_fake
 def _(row_max, sums, mask, backend):
     n = row_max.numel()
-    return (row_max.new_empty(n), row_max.new_empty(n if sums.shape[0] == 4 else 0),
-            row_max.new_empty(n), row_max.new_empty(n))
+    return row_max.new_empty(n), row_max.new_empty(n if sums.shape[0] == 4 else 0), row_max.new_empty((n, 2))
 
 
 def _global_forward(logits, local_targets, mask, temperature, backend, group, world_size):
-    """Global ``(H, logp, lse, E)`` per row: one kernel pass on the shard, then the two all-reduces."""
+    """Global ``(H, logp, stats)`` per row: one kernel pass on the shard, then the two all-reduces."""
     n, vocab = math.prod(logits.shape[:-1]), logits.shape[-1]
+    acc = dict(device=logits.device, dtype=accumulation_dtype(logits.dtype))
     if vocab:
-        h_r, logp_r, lse_r, _ = torch.ops.aer_kernels.forward(logits, local_targets, mask, temperature, backend,
-                                                              False)
+        h_r, logp_r, stats_r = torch.ops.aer_kernels.forward(logits, local_targets, mask, temperature, backend,
+                                                             False)
     else:  # an empty shard: no probability mass
-        lse_r = torch.full((n,), _NEG_INF, device=logits.device, dtype=accumulation_dtype(logits.dtype))
-        h_r = logp_r = torch.zeros_like(lse_r)
-    row_max = lse_r
+        stats_r = torch.tensor([0.0, _NEG_INF], **acc).repeat(n, 1)
+        h_r = logp_r = torch.zeros(n, **acc)
+    row_max = torch.where(stats_r[:, 1] == _NEG_INF, _NEG_INF, stats_r[:, 0])  # a shard of only -inf: no max
     if world_size > 1:
-        row_max = lse_r.clone()
         dist.all_reduce(row_max, op=dist.ReduceOp.MAX, group=group)
-    sums = torch.ops.aer_kernels.vocab_parallel_partials(lse_r, h_r, logp_r, local_targets, row_max, vocab,
-                                                         backend)
+    sums = torch.ops.aer_kernels.vocab_parallel_partials(stats_r, h_r, logp_r, local_targets, row_max, vocab,
+                                                         temperature, backend)
     if world_size > 1:
         dist.all_reduce(sums, op=dist.ReduceOp.SUM, group=group)
     return torch.ops.aer_kernels.vocab_parallel_combine(row_max, sums, mask, backend)
@@ -133,15 +134,15 @@ class _VocabParallel(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, local_targets, mask, temperature, backend, group, world_size):
-        h, logp, lse, e = _global_forward(logits, local_targets, mask, temperature, backend, group, world_size)
+        h, logp, stats = _global_forward(logits, local_targets, mask, temperature, backend, group, world_size)
         ctx.set_materialize_grads(False)  # an unused output's gradient arrives as None: no work for it
-        ctx.save_for_backward(logits, local_targets, mask, lse, e, logp)
+        ctx.save_for_backward(logits, local_targets, mask, stats, h, logp)
         ctx.temperature, ctx.backend = temperature, backend
         return h, logp
 
     @staticmethod
     def backward(ctx, grad_h, grad_logp):
-        logits, local_targets, mask, lse, e, logp = ctx.saved_tensors
+        logits, local_targets, mask, stats, h, logp = ctx.saved_tensors
         if grad_h is None and grad_logp is None:
             return (None,) * 7
         if logits.shape[-1] == 0:
@@ -149,8 +150,8 @@ class _VocabParallel(torch.autograd.Function):
         if grad_logp is not None:
             # logp is NaN where no single shard holds the target (outside the global vocabulary): so is its
             # gradient, as on one GPU. A row NaN for any other reason has no distribution: its gradient is NaN anyway.
-            grad_logp = torch.where(torch.isnan(logp), float("nan"), grad_logp)
-        grad = torch.ops.aer_kernels.backward(logits, local_targets if grad_logp is not None else None, mask, lse, e,
+            grad_logp = undefined_logp_grad(grad_logp, ~torch.isnan(logp))
+        grad = torch.ops.aer_kernels.backward(logits, local_targets if grad_logp is not None else None, mask, stats, h,
                                               grad_h, grad_logp, ctx.temperature, ctx.backend)
         return (grad,) + (None,) * 6
 

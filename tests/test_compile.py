@@ -39,6 +39,6 @@ def test_opcheck(backend, device):
     x = x.requires_grad_(True)
     torch.library.opcheck(torch.ops.aer_kernels.forward.default, (x, y, mask, 0.8, backend, False))
     torch.library.opcheck(torch.ops.aer_kernels.forward.default, (x, None, None, 1.0, backend, False))
-    h, logp, lse, e = torch.ops.aer_kernels.forward(x.detach(), y, mask, 0.8, backend, False)
+    h, logp, stats = torch.ops.aer_kernels.forward(x.detach(), y, mask, 0.8, backend, False)
     g = torch.randn_like(h)
-    torch.library.opcheck(torch.ops.aer_kernels.backward.default, (x.detach(), y, mask, lse, e, g, g, 0.8, backend))
+    torch.library.opcheck(torch.ops.aer_kernels.backward.default, (x.detach(), y, mask, stats, h, g, g, 0.8, backend))
