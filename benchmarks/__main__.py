@@ -4,7 +4,8 @@
     python -m benchmarks --quick               # two shapes
     python -m benchmarks --shapes 8192x151936 --methods aer_kernels,torch_compile --modes fwd
     python -m benchmarks --sweep               # launch-parameter sweep of the kernels (GPU)
-    python -m benchmarks --dump-ir             # TTGIR/PTX of the kernels (GPU)
+    python -m benchmarks --ptx-report          # registers, spills, loads, instruction mix (no GPU needed)
+    python -m benchmarks --dump-ir             # also write the TTGIR/PTX/SASS of the headline launches
     python -m benchmarks --readme-table        # Markdown table from the newest results file
 """
 
@@ -57,7 +58,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--budget-s", type=float, help="stop starting new shapes after this many seconds")
     p.add_argument("--sweep", action="store_true", help="sweep LaunchConfig candidates for the kernels (GPU)")
     p.add_argument("--sweep-budget-s", type=float, help="stop the sweep after this many seconds")
-    p.add_argument("--dump-ir", action="store_true", help="write the kernels' TTGIR and PTX (GPU)")
+    p.add_argument("--ptx-report", action="store_true",
+                   help="compile the kernels for --arch and print registers, spills and the main loops' SASS mix")
+    p.add_argument("--ptx-report-all", action="store_true", help="the report for every representative shape")
+    p.add_argument("--arch", type=int, default=90, help="compute capability for the report: 80, 90, 100")
+    p.add_argument("--dump-ir", action="store_true", help="the report, plus TTGIR/PTX/SASS files in --output-dir")
     p.add_argument("--readme-table", action="store_true", help="print a Markdown table of the newest results")
     return p.parse_args(argv)
 
@@ -75,16 +80,16 @@ def main(argv=None) -> int:
             return 1
         print(readme_table(json.loads(path.read_text())))
         return 0
+    if args.ptx_report or args.ptx_report_all or args.dump_ir:
+        from .ptx_report import report
+
+        report(args.arch, args.ptx_report_all, args.output_dir if args.dump_ir else None)
+        return 0
     # A `timeout` stop still writes the results gathered so far (the runs write in `finally`).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(124))
     import torch
 
     dtype = getattr(torch, DTYPES[args.dtype])
-    if args.dump_ir:
-        from .ir_dump import dump_ir
-
-        dump_ir(args.output_dir, dtype)
-        return 0
     if args.sweep:
         from . import sweep
 

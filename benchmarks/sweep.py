@@ -2,8 +2,8 @@
 
 Calls the internal launchers with explicit ``LaunchConfig``s, checks each config's output on a few
 rows against float64, and reports the fastest next to what ``launch_config`` picks today. A staged
-search (block x warps, then stages for the two best, then row splits for the best) keeps it to
-minutes; ``budget_s`` cuts it short, keeping what was measured.
+search (warps x unroll, i.e. bytes in flight per program, then row splits for the two best) keeps it
+to minutes; ``budget_s`` cuts it short, keeping what was measured.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Optional
 import torch
 
 from aer_kernels import _triton
-from aer_kernels._config import LaunchConfig, launch_config
+from aer_kernels._config import LaunchConfig, launch_config, make_config
 from aer_kernels._layout import row_layout
 
 from . import results
@@ -28,20 +28,12 @@ from .suite import bench_device, environment, measure_ceilings
 from .timing import median_ms
 
 SWEEP_SHAPES = list(results.HEADLINE_SHAPES)
-BLOCKS = (2048, 4096, 8192, 16384)
-WARPS = (4, 8, 16)
-STAGES = (1, 2, 3, 4)
+WARPS = (2, 4, 8, 16)
+UNROLLS = (1, 2, 4, 8)
 SPLITS = (1, 2, 4, 8, 16, 32)
 # Tolerances against float64 on the checked rows: fp32 accumulation (H), one output rounding (gradient).
 H_ATOL = 1e-3
 GRAD_RTOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
-
-
-def make_config(v: int, block_v: int, num_warps: int, num_stages: int, splits: int) -> LaunchConfig:
-    """A valid config: ``splits`` programs per row, each covering a whole number of blocks."""
-    n_blocks = -(-v // block_v)
-    per_split = -(-n_blocks // max(1, min(splits, n_blocks)))
-    return LaunchConfig(block_v, num_warps, num_stages, -(-n_blocks // per_split), per_split * block_v)
 
 
 class _Shape:
@@ -51,7 +43,7 @@ class _Shape:
         self.n, self.v, self.device = n, v, device
         self.x = make_logits(n, v, dtype, device)
         self.layout = row_layout(self.x)
-        self.h, self.lse, self.e = (torch.empty(n, device=device) for _ in range(3))
+        self.h, self.stats = torch.empty(n, device=device), torch.empty(n, 2, device=device)
         (self.gh,) = make_row_grads(n, 1, device)
         self.grad = torch.empty_like(self.x)
         self.idx = torch.tensor(check_rows(n), device=device)
@@ -59,13 +51,13 @@ class _Shape:
         (h64,) = formula("entropy", rows, None)
         self.h64 = h64.detach()
         (self.g64,) = torch.autograd.grad(h64, rows, self.gh[self.idx].double())
-        _triton.forward(self.x, self.layout, None, None, 1.0, self.h, None, self.lse, self.e)  # lse, E for bwd
+        _triton.forward(self.x, self.layout, None, None, 1.0, self.h, None, self.stats)  # for the backward
 
     def launcher(self, kernel: str, cfg: LaunchConfig):
         if kernel == "fwd":
-            h, lse, e = (torch.empty_like(self.h) for _ in range(3))
-            return lambda: _triton.forward(self.x, self.layout, None, None, 1.0, h, None, lse, e, config=cfg), h
-        return (lambda: _triton.backward(self.x, self.layout, self.grad, self.layout, None, None, self.lse, self.e,
+            h, stats = torch.empty_like(self.h), torch.empty_like(self.stats)
+            return lambda: _triton.forward(self.x, self.layout, None, None, 1.0, h, None, stats, config=cfg), h
+        return (lambda: _triton.backward(self.x, self.layout, self.grad, self.layout, None, None, self.stats, self.h,
                                          self.gh, None, 1.0, config=cfg), self.grad)
 
     def error(self, kernel: str, out: torch.Tensor) -> Optional[str]:
@@ -79,7 +71,8 @@ class _Shape:
 
 
 def _measure(shape: _Shape, kernel: str, cfg: LaunchConfig, copy_gbps: float) -> dict:
-    row = {"kernel": kernel, "N": shape.n, "V": shape.v, "dtype": DTYPE_NAMES[shape.x.dtype], **cfg._asdict()}
+    row = {"kernel": kernel, "N": shape.n, "V": shape.v, "dtype": DTYPE_NAMES[shape.x.dtype], **cfg._asdict(),
+           "block_v": cfg.block_v}
     try:
         run, out = shape.launcher(kernel, cfg)
         run()
@@ -94,18 +87,14 @@ def _measure(shape: _Shape, kernel: str, cfg: LaunchConfig, copy_gbps: float) ->
     return {**row, "ms": ms, "gbps": rate, "pct_copy": 100.0 * rate / copy_gbps}
 
 
-def _staged_candidates(default: LaunchConfig, n: int, v: int, num_sms: int, best):
+def _staged_candidates(default: LaunchConfig, n: int, v: int, elem_size: int, num_sms: int, best):
     """Yield configs stage by stage; ``best(k)`` gives the k fastest measured so far."""
-    for block_v, warps in itertools.product(BLOCKS, WARPS):
-        yield make_config(v, block_v, warps, default.num_stages, default.splits)
-    for cfg in best(2):
-        for stages in STAGES:
-            yield make_config(v, cfg.block_v, cfg.num_warps, stages, cfg.splits)
-    top = best(1)
+    for warps, unroll in itertools.product(WARPS, UNROLLS):
+        yield make_config(v, elem_size, warps, unroll, default.splits)
     splits = SPLITS if n < 8 * num_sms else SPLITS[:2]  # more programs per row only help when rows are few
-    for cfg in top:
+    for cfg in best(2):
         for s in splits:
-            yield make_config(v, cfg.block_v, cfg.num_warps, cfg.num_stages, s)
+            yield make_config(v, elem_size, cfg.num_warps, cfg.unroll, s)
 
 
 def run(shapes, dtype: torch.dtype, output_dir: Path, repo: Path, budget_s: Optional[float] = None) -> Optional[Path]:
@@ -132,14 +121,14 @@ def run(shapes, dtype: torch.dtype, output_dir: Path, repo: Path, budget_s: Opti
             shape = _Shape(n, v, dtype, device)
             copy_gbps = measure_ceilings(shape.x, device)["copy_gbps"]
             for kernel in ("fwd", "bwd"):
-                default = launch_config(n, v, shape.x.element_size(), num_sms, backward=kernel == "bwd")
+                default = launch_config(n, v, shape.x.element_size(), num_sms)
                 measured: dict[LaunchConfig, dict] = {default: _measure(shape, kernel, default, copy_gbps)}
 
                 def best(k, measured=measured):
                     ok = sorted((r["ms"], cfg) for cfg, r in measured.items() if "ms" in r)
                     return [cfg for _, cfg in ok[:k]]
 
-                for cfg in _staged_candidates(default, n, v, num_sms, best):
+                for cfg in _staged_candidates(default, n, v, shape.x.element_size(), num_sms, best):
                     if over():
                         print(f"sweep: time budget of {budget_s:.0f} s spent")
                         break
@@ -161,7 +150,7 @@ def run(shapes, dtype: torch.dtype, output_dir: Path, repo: Path, budget_s: Opti
 
 
 def _fmt(cfg: LaunchConfig, row: dict) -> str:
-    what = (f"block_v={cfg.block_v} warps={cfg.num_warps} stages={cfg.num_stages} splits={cfg.splits}"
+    what = (f"warps={cfg.num_warps} unroll={cfg.unroll} block_v={cfg.block_v} splits={cfg.splits}"
             f" split_len={cfg.split_len}")
     if "ms" not in row:
         return f"{what}: {row['error']}"
