@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# One pass on a lent GPU machine, under 8 minutes on an H100/H200: the GPU tests, the kernels' IR,
-# the launch sweep at the headline shapes, then the benchmark at the default shapes (headline first).
-# Everything lands in $OUT (default benchmarks/results/), 6 files:
-#   gpu_check.log, entropy_{fwd,bwd}_kernel.asm.txt, sweep-<card>-<date>.json, <card>-<date>.{json,png}
+# One pass on a lent GPU machine, under 8 minutes on an H100/H200: the GPU tests, the launch sweep at the
+# headline shapes, then the benchmark at the default shapes (headline first). (The kernels' SASS needs no
+# GPU: python -m benchmarks --ptx-report.) Everything lands in $OUT (default benchmarks/results/), 4 files:
+#   gpu_check.log, sweep-<card>-<date>.json, <card>-<date>.{json,png}
 #
 #   OUT=/path bash benchmarks/gpu_check.sh            # on the GPU machine
 #   bash benchmarks/gpu_check.sh --dry-run             # here: every step at CPU sizes, into a temp folder
@@ -18,17 +18,21 @@ esac
 if [[ $DRY_RUN == 1 ]]; then OUT="${OUT:-$(mktemp -d)}"; else OUT="${OUT:-benchmarks/results}"; fi
 mkdir -p "$OUT"
 export PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+# The project's environment when `make` built one, else the python on PATH (a GPU box with torch installed).
+if [[ -z "${PYTHON:-}" ]]; then
+  if [[ -x .venv/bin/python ]]; then PYTHON=.venv/bin/python; else PYTHON=python; fi
+fi
 
 # Seconds per step; the timeouts add up to 460 s (480 with every -k grace). The sweep and the benchmark stop
 # themselves at their budgets and write what they measured; the timeouts only catch a hang, and -k kills a
 # step that a TERM does not stop (a compile in C++ only sees the signal when it returns). A failed step
 # does not end the pass: each later step checks its own results, and the device time is spent either way.
 if [[ $DRY_RUN == 1 ]]; then
-  SWEEP=(env TRITON_INTERPRET=1 python -m benchmarks --sweep --shapes 4x300 --sweep-budget-s 60)
-  BENCH=(python -m benchmarks --quick)
+  SWEEP=(env TRITON_INTERPRET=1 "$PYTHON" -m benchmarks --sweep --shapes 4x300 --sweep-budget-s 60)
+  BENCH=("$PYTHON" -m benchmarks --quick)
 else
-  SWEEP=(python -m benchmarks --sweep --sweep-budget-s 90)
-  BENCH=(python -m benchmarks --budget-s 135)
+  SWEEP=("$PYTHON" -m benchmarks --sweep --sweep-budget-s 90)
+  BENCH=("$PYTHON" -m benchmarks --budget-s 135)
 fi
 
 step() { printf '\n=== %s (%s, %ss in)\n' "$1" "$(date -u +%H:%M:%S)" "$SECONDS"; }
@@ -37,22 +41,22 @@ main() {
   step "environment"
   nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,clocks.max.mem,driver_version --format=csv \
     || echo "nvidia-smi: not available"
-  python -c 'import sys, torch, triton; print("python", sys.version.split()[0], "torch", torch.__version__,
+  "$PYTHON" -c 'import sys, torch, triton; print("python", sys.version.split()[0], "torch", torch.__version__,
 "triton", triton.__version__, "cuda", torch.cuda.is_available())'
 
-  step "1/4 GPU tests: kernels against float64, int64 offsets, peak memory"
-  timeout -k 5 150 python -m pytest -x -q -m cuda tests/test_gpu.py -p no:cacheprovider \
+  step "1/3 GPU tests: kernels against float64 at real sizes, int64 offsets, peak memory; then every numerics"
+  echo "test of the CPU suite (the Triton-backend cases, marked interpreter) on the real GPU kernels"
+  timeout -k 5 120 "$PYTHON" -m pytest -q -m cuda tests/test_gpu.py -p no:cacheprovider \
     || echo "GPU tests: FAILED (exit $?); the benchmark still checks each method against float64 before timing it"
+  timeout -k 5 60 "$PYTHON" -m pytest -q -m interpreter tests/test_entropy.py tests/test_large_logits.py \
+    tests/test_properties.py -p no:cacheprovider || echo "numerics suite on the GPU: FAILED (exit $?)"
 
-  step "2/4 TTGIR and PTX of the forward and backward kernels"
-  timeout -k 5 30 python -m benchmarks --dump-ir --output-dir "$OUT" || echo "dump-ir: failed (exit $?), going on"
-
-  step "3/4 launch sweep (block_v x warps, stages, splits)"
+  step "2/3 launch sweep (warps x unroll, then splits)"
   timeout -k 5 110 "${SWEEP[@]}" --output-dir "$OUT" || echo "sweep: failed (exit $?), going on"
 
-  step "4/4 benchmark"
+  step "3/3 benchmark"
   timeout -k 5 170 "${BENCH[@]}" --output-dir "$OUT" || echo "benchmark: stopped (exit $?), rows so far written"
-  python -m benchmarks --readme-table --output-dir "$OUT" || echo "readme-table: no results file"
+  "$PYTHON" -m benchmarks --readme-table --output-dir "$OUT" || echo "readme-table: no results file"
 
   step "done"
   ls -l "$OUT"
