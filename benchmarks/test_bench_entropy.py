@@ -24,7 +24,7 @@ CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if CUDA else "cpu")
 DTYPE = torch.bfloat16
 SHAPES = [(8192, 151936), (2048, 151936)] if CUDA else [(64, 1000)]
-KERNEL_METHODS = {"aer_kernels", "torch_compile", "trl", "liger_ce"}  # CPU timings of these say nothing
+KERNEL_METHODS = {"torch_compile", "trl", "liger_ce"}  # CPU timings of these say nothing (aer_kernels: its reference path)
 
 
 @functools.lru_cache(maxsize=len(SHAPES))  # the shape varies fastest over the tests: keep each one's logits
