@@ -1,7 +1,12 @@
 import os
+import tempfile
 
 import pytest
 import torch
+
+# Inductor's on-disk cache does not key on a custom op's implementation: a cache left by another version of
+# this package can replay a stale graph. Each test session compiles into a cache of its own.
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="aer-inductor-"))
 
 INTERPRETER = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
