@@ -38,6 +38,7 @@ def plot(doc: dict, path: Path) -> Optional[Path]:
                 if pts:
                     ax.plot(*zip(*pts), marker="o", ms=3, label=method)
             ax.set_xscale("log", base=2)
+            ax.set_yscale("log")  # methods span orders of magnitude (eager formulas vs the ceilings)
             ax.set_title(f"{op} {mode}, V = {v}", fontsize=9)
             ax.set_xlabel("N (rows)", fontsize=8)
             ax.set_ylabel("GB/s (minimal bytes)", fontsize=8)
