@@ -26,6 +26,7 @@ shard's own logits and the global row statistics: the single-GPU backward with t
 from __future__ import annotations
 
 import math
+import os
 from typing import Optional
 
 import torch
@@ -38,6 +39,8 @@ from ._validate import check_logits, check_row_tensor, check_temperature, resolv
 from .reference import accumulation_dtype
 
 _NEG_INF = float("-inf")
+AGREEMENT_ENV = "AER_KERNELS_CHECK_AGREEMENT"
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
 def _masked(values: Tensor, mask: Optional[Tensor]) -> Tensor:
@@ -109,16 +112,17 @@ def _(row_max, sums, mask, backend):
     return row_max.new_empty(n), row_max.new_empty(n if sums.shape[0] == 4 else 0), row_max.new_empty((n, 2))
 
 
-def _global_forward(logits, local_targets, mask, temperature, backend, group, world_size):
-    """Global ``(H, logp, stats)`` per row: one kernel pass on the shard, then the two all-reduces."""
-    n, vocab = math.prod(logits.shape[:-1]), logits.shape[-1]
-    acc = dict(device=logits.device, dtype=accumulation_dtype(logits.dtype))
-    if vocab:
-        h_r, logp_r, stats_r = torch.ops.aer_kernels.forward(logits, local_targets, mask, temperature, backend,
-                                                             False)
-    else:  # an empty shard: no probability mass
-        stats_r = torch.tensor([0.0, _NEG_INF], **acc).repeat(n, 1)
-        h_r = logp_r = torch.zeros(n, **acc)
+def empty_shard_statistics(n: int, dtype: torch.dtype, device) -> tuple[Tensor, Tensor, Tensor]:
+    """``(stats, H, logp)`` of a shard holding no vocabulary ids: no probability mass (``log_s = -inf``)."""
+    acc = dict(device=device, dtype=accumulation_dtype(dtype))
+    return torch.tensor([0.0, _NEG_INF], **acc).repeat(n, 1), torch.zeros(n, **acc), torch.zeros(n, **acc)
+
+
+def combine_shards(stats_r: Tensor, h_r: Tensor, logp_r: Tensor, local_targets: Optional[Tensor], vocab: int,
+                   mask: Optional[Tensor], temperature: float, backend: str, group,
+                   world_size: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Global ``(H, logp, stats)`` per row from this shard's ``(stats_r, H_r, logp_r)`` (``[N, 2]``, ``[N]``,
+    ``[N]``; however they were computed): the all-reduce MAX, the partials, the all-reduce SUM, the combine."""
     row_max = torch.where(stats_r[:, 1] == _NEG_INF, _NEG_INF, stats_r[:, 0])  # a shard of only -inf: no max
     if world_size > 1:
         dist.all_reduce(row_max, op=dist.ReduceOp.MAX, group=group)
@@ -127,6 +131,18 @@ def _global_forward(logits, local_targets, mask, temperature, backend, group, wo
     if world_size > 1:
         dist.all_reduce(sums, op=dist.ReduceOp.SUM, group=group)
     return torch.ops.aer_kernels.vocab_parallel_combine(row_max, sums, mask, backend)
+
+
+def _global_forward(logits, local_targets, mask, temperature, backend, group, world_size):
+    """Global ``(H, logp, stats)`` per row: one kernel pass on the shard, then the combine."""
+    n, vocab = math.prod(logits.shape[:-1]), logits.shape[-1]
+    if vocab:
+        h_r, logp_r, stats_r = torch.ops.aer_kernels.forward(logits, local_targets, mask, temperature, backend,
+                                                             False)
+    else:
+        stats_r, h_r, logp_r = empty_shard_statistics(n, logits.dtype, logits.device)
+    return combine_shards(stats_r, h_r, logp_r, local_targets, vocab, mask, temperature, backend, group,
+                          world_size)
 
 
 class _VocabParallel(torch.autograd.Function):
@@ -167,6 +183,61 @@ def _world_size(group) -> int:
     return size
 
 
+def agreement_requested(check_agreement) -> bool:
+    """The ``check_agreement`` argument, or ``AER_KERNELS_CHECK_AGREEMENT=1`` in the environment when it is None."""
+    if check_agreement is None:
+        return os.environ.get(AGREEMENT_ENV, "0") == "1"
+    if not isinstance(check_agreement, bool):
+        raise TypeError(f"check_agreement must be True, False or None, got {type(check_agreement).__name__}")
+    return check_agreement
+
+
+def _encode(value) -> float:
+    return float(_DTYPES.index(value) if isinstance(value, torch.dtype) and value in _DTYPES else value)
+
+
+def _decode(example, code: float):
+    if isinstance(example, torch.dtype):
+        return _DTYPES[int(code)] if int(code) < len(_DTYPES) else "another dtype"
+    return type(example)(code)
+
+
+def check_agreement_of_ranks(group, world_size: int, device, fields: dict, shard: Optional[tuple[int, int]]) -> None:
+    """Raise the same ValueError on every rank of ``group`` when the ranks disagree on one of ``fields``
+    (name -> int, float, bool or dtype) or when their ``shard`` ranges ``[start, stop)`` do not tile the
+    vocabulary from 0 without gap or overlap.
+
+    One all-gather of ``len(fields) + 2`` float64 per rank, read on the host: a sync, hence opt-in. Without it,
+    ranks with different row counts or dtypes fail inside the collectives (gloo aborts the processes).
+    """
+    if torch.compiler.is_compiling():
+        raise ValueError("check_agreement reads the gathered values on the host: call without torch.compile")
+    start, stop = shard if shard is not None else (0, 0)
+    mine = torch.tensor([*map(_encode, fields.values()), start, stop], dtype=torch.float64, device=device)
+    gathered = [torch.empty_like(mine) for _ in range(world_size)]
+    dist.all_gather(gathered, mine, group=group)
+    table = torch.stack(gathered).tolist()  # [rank][field]
+    for k, (name, example) in enumerate(fields.items()):
+        if len({row[k] for row in table}) > 1:
+            values = ", ".join(f"rank {r}: {_decode(example, row[k])}" for r, row in enumerate(table))
+            raise ValueError(f"ranks of the group disagree on {name} ({values}); every rank must pass the same")
+    if shard is not None:
+        _check_tiling([(int(row[-2]), int(row[-1])) for row in table])
+
+
+def _check_tiling(shards: list[tuple[int, int]]) -> None:
+    """Non-empty ``[start, stop)`` per rank must tile ``[0, V)`` in some order."""
+    held = sorted((start, stop, r) for r, (start, stop) in enumerate(shards) if stop > start)
+    covered = 0
+    for start, stop, r in held:
+        if start != covered:
+            what = "no rank holds" if start > covered else f"rank {r} also holds"
+            ids = f"[{covered}, {start})" if start > covered else f"[{start}, {min(stop, covered)})"
+            raise ValueError(f"vocabulary shards must tile [0, V) without gap or overlap: {what} ids {ids} "
+                             f"(shards [vocab_start, vocab_start + V_local) by rank: {shards})")
+        covered = stop
+
+
 def _check_vocab_start(vocab_start) -> None:
     if isinstance(vocab_start, bool) or not isinstance(vocab_start, int):
         raise TypeError(f"vocab_start must be a Python int (the shard's first global token id), "
@@ -184,7 +255,7 @@ def _check_shard(local_logits, world_size: int) -> None:
         raise TypeError(f"logits must be float32, float16 or bfloat16, got {local_logits.dtype}")
 
 
-def _run(local_logits, targets, vocab_start, group, temperature, mask, backend):
+def _run(local_logits, targets, vocab_start, group, temperature, mask, backend, check_agreement):
     world_size = _world_size(group)
     _check_shard(local_logits, world_size)
     if targets is not None:
@@ -194,8 +265,14 @@ def _run(local_logits, targets, vocab_start, group, temperature, mask, backend):
         check_row_tensor("mask", mask, local_logits, kind="bool")
     temperature = check_temperature(temperature)
     backend = resolve_backend(backend, local_logits)
-
     lead = local_logits.shape[:-1]
+    if agreement_requested(check_agreement) and world_size > 1:
+        fields = {"the row count": math.prod(lead), "the logits dtype": local_logits.dtype,
+                  "temperature": float(temperature), "whether targets are given": targets is not None,
+                  "whether a mask is given": mask is not None}
+        shard = None if targets is None else (vocab_start, vocab_start + local_logits.shape[-1])
+        check_agreement_of_ranks(group, world_size, local_logits.device, fields, shard)
+
     local_targets = None if targets is None else (targets.to(torch.int64) - vocab_start).reshape(-1).contiguous()
     flat_mask = None if mask is None else mask.reshape(-1).contiguous()
     h, logp = _VocabParallel.apply(with_row_layout(local_logits), local_targets, flat_mask, temperature, backend,
@@ -205,30 +282,47 @@ def _run(local_logits, targets, vocab_start, group, temperature, mask, backend):
 
 def vocab_parallel_logprobs_and_entropy(local_logits: Tensor, targets: Tensor, *, vocab_start: int, group=None,
                                         temperature: float = 1.0, mask: Optional[Tensor] = None,
-                                        backend: str = "auto") -> tuple[Tensor, Tensor]:
+                                        backend: str = "auto",
+                                        check_agreement: Optional[bool] = None) -> tuple[Tensor, Tensor]:
     """``(logp, H)`` of the full-vocabulary softmax, from this rank's shard ``local_logits`` ``[..., V_local]``.
 
     Equals ``logprobs_and_entropy(torch.cat(shards, -1), targets, ...)`` on every rank of ``group`` (default:
-    the world; a single process when ``torch.distributed`` is not initialised). ``local_logits`` covers global
-    ids ``[vocab_start, vocab_start + V_local)``; ``targets`` hold global ids. Both outputs fp32 with shape
+    the world; a single process when ``torch.distributed`` is not initialised). Both outputs fp32 with shape
     ``local_logits.shape[:-1]``, both differentiable: each rank gets the gradient of its own shard.
 
     Every rank must call with the same ``targets``, ``mask``, ``temperature`` and row count, and the shards must
-    tile the vocabulary without overlap. That is not checked (it would need a host sync): a target held by no
-    shard, or by two, gives ``logp`` NaN on that row; other mismatches give wrong values or a collective error.
+    tile the vocabulary without overlap. By default that is not checked (it needs a host sync): a target held by
+    no shard, or by two, gives ``logp`` NaN on that row; other mismatches give wrong values or a collective error
+    (gloo aborts the processes). ``check_agreement=True`` checks it first.
+
+    Args:
+        local_logits: ``[..., V_local]`` logits of global ids ``[vocab_start, vocab_start + V_local)``; an empty
+            shard (``V_local = 0``) is legal when other ranks hold the vocabulary.
+        targets: integer global token ids, shape ``local_logits.shape[:-1]``.
+        vocab_start: the shard's first global token id.
+        group: the process group holding the shards (None: the world).
+        temperature: the softmax temperature, a finite positive Python float.
+        mask: bool, shape ``local_logits.shape[:-1]``; False rows output 0 and get gradient 0.
+        backend: ``"auto"``, ``"triton"`` or ``"reference"``, as in ``logprobs_and_entropy``.
+        check_agreement: True: one all-gather of a few numbers per rank first, raising the same ValueError on
+            every rank when the row counts, dtypes, temperatures, or the presence of a mask differ, or the shards
+            do not tile ``[0, V)``. None (default): True when ``AER_KERNELS_CHECK_AGREEMENT=1`` is set.
+            Not under ``torch.compile``.
     """
     if targets is None:
         raise TypeError("targets must be a torch.Tensor of global token ids; use vocab_parallel_entropy() "
                         "for entropy alone")
-    h, logp = _run(local_logits, targets, vocab_start, group, temperature, mask, backend)
+    h, logp = _run(local_logits, targets, vocab_start, group, temperature, mask, backend, check_agreement)
     return logp, h
 
 
 def vocab_parallel_entropy(local_logits: Tensor, *, group=None, temperature: float = 1.0,
-                           mask: Optional[Tensor] = None, backend: str = "auto") -> Tensor:
+                           mask: Optional[Tensor] = None, backend: str = "auto",
+                           check_agreement: Optional[bool] = None) -> Tensor:
     """Entropy (nats, fp32) of the full-vocabulary softmax, from this rank's shard ``[..., V_local]``.
 
     Equals ``entropy(torch.cat(shards, -1), ...)`` on every rank of ``group``; differentiable (each rank gets
-    the gradient of its own shard). Same requirements as ``vocab_parallel_logprobs_and_entropy``.
+    the gradient of its own shard). Same requirements and arguments as ``vocab_parallel_logprobs_and_entropy``
+    (``check_agreement`` cannot check the shards' tiling here: they carry no ``vocab_start``).
     """
-    return _run(local_logits, None, 0, group, temperature, mask, backend)[0]
+    return _run(local_logits, None, 0, group, temperature, mask, backend, check_agreement)[0]
