@@ -7,6 +7,7 @@
     python -m benchmarks --ptx-report          # registers, spills, loads, instruction mix (no GPU needed)
     python -m benchmarks --dump-ir             # also write the TTGIR/PTX/SASS of the headline launches
     python -m benchmarks --readme-table        # Markdown table from the newest results file
+    python -m benchmarks --linear              # the fused LM-head op instead (benchmarks/bench_linear.py)
 """
 
 from __future__ import annotations
@@ -64,6 +65,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--arch", type=int, default=90, help="compute capability for the report: 80, 90, 100")
     p.add_argument("--dump-ir", action="store_true", help="the report, plus TTGIR/PTX/SASS files in --output-dir")
     p.add_argument("--readme-table", action="store_true", help="print a Markdown table of the newest results")
+    p.add_argument("--linear", action="store_true",
+                   help="the fused LM-head op at its default shapes, results in OUTPUT_DIR/linear "
+                        "(python -m benchmarks.bench_linear --help for its own options)")
     return p.parse_args(argv)
 
 
@@ -87,6 +91,11 @@ def main(argv=None) -> int:
         return 0
     # A `timeout` stop still writes the results gathered so far (the runs write in `finally`).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(124))
+    if args.linear:
+        from . import bench_linear
+
+        budget = ["--budget-s", str(args.budget_s)] if args.budget_s is not None else []
+        return bench_linear.main(["--dtype", args.dtype, "--output-dir", str(args.output_dir / "linear"), *budget])
     import torch
 
     dtype = getattr(torch, DTYPES[args.dtype])
