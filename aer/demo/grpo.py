@@ -22,11 +22,13 @@ def token_logprobs_and_entropy(
     model: TinyTransformer, rollouts: Rollouts, temperature: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(logp, H, mask)``, each ``[B, S-1]``: log-prob of each response token and the full-vocabulary entropy
-    at that position, both at the rollout temperature; ``mask`` marks response tokens."""
-    logits = model(rollouts.tokens)[:, :-1]  # position t predicts token t + 1
+    at that position, both at the rollout temperature; ``mask`` marks response tokens. Computed from the hidden
+    states and the LM head's weight: the ``[B, S, V]`` logits are never formed."""
+    hidden = model.hidden_states(rollouts.tokens)[:, :-1]  # position t predicts token t + 1
     targets = rollouts.tokens[:, 1:]
     mask = rollouts.response_mask[:, 1:]
-    logp, entropy = aer_kernels.logprobs_and_entropy(logits, targets, temperature=temperature, mask=mask)
+    logp, entropy = aer_kernels.linear_logprobs_and_entropy(hidden, model.head.weight, targets,
+                                                            bias=model.head.bias, temperature=temperature, mask=mask)
     return logp, entropy, mask
 
 

@@ -46,6 +46,10 @@ class TinyTransformer(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """Logits ``[B, S, V]``; position ``t`` predicts token ``t + 1``."""
+        return self.head(self.hidden_states(tokens))
+
+    def hidden_states(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The final hidden states ``[B, S, width]``, the LM head's input: ``forward`` is ``head(hidden_states)``."""
         real = tokens != PAD
         positions = (real.long().cumsum(-1) - 1).clamp_min(0)
         length = tokens.shape[1]
@@ -55,4 +59,4 @@ class TinyTransformer(nn.Module):
         x = self.token_embedding(tokens) + self.position_embedding(positions)
         for block in self.blocks:
             x = block(x, allowed[:, None])
-        return self.head(self.final_norm(x))
+        return self.final_norm(x)
