@@ -256,6 +256,16 @@ def _(hidden, weight, bias, targets, mask, stats, h, grad_h, grad_logp, temperat
 
 # ---- autograd ----------------------------------------------------------------------------------------------------
 
+def _no_double_backward(ctx, *grads):
+    raise NotImplementedError(
+        "aer_kernels::linear_bwd (the gradient of linear_logprobs_and_entropy / linear_entropy) has no gradient "
+        "of its own: double backward is not supported. For second-order terms, differentiate the PyTorch "
+        "expression on F.linear(hidden, weight, bias) instead")
+
+
+torch.library.register_autograd("aer_kernels::linear_bwd", _no_double_backward)
+
+
 def _setup_context(ctx, inputs, output):
     hidden, weight, bias, targets, mask, temperature, backend, workspace_bytes = inputs
     h, _, stats = output

@@ -487,3 +487,12 @@ def test_workspace_must_hold_one_vocabulary_column():
                                        backend="reference")
     ak.linear_logprobs_and_entropy(args["hidden"], args["weight"], args["targets"], workspace_bytes=rows,
                                    backend="reference")
+
+
+def test_double_backward_is_refused_clearly():
+    hidden, weight, bias, targets, *_ = problem((6,), 4, 9, seed=20)
+    hidden.requires_grad_(True)
+    logp, h = ak.linear_logprobs_and_entropy(hidden, weight, targets, backend="reference")
+    (dh,) = torch.autograd.grad(h.sum(), hidden, create_graph=True)
+    with pytest.raises(NotImplementedError, match="double backward is not supported"):
+        dh.sum().backward()
