@@ -1,13 +1,22 @@
-"""Argument checks shared by both backends: every error is raised before any work."""
+"""Argument checks shared by both backends: every error is raised before any work.
+
+Messages are built from constants only (sizes through ``shape_text``, numbers through ``float``), so that
+``torch.compile`` can form them from symbolic sizes and temperatures and re-raise them unchanged.
+"""
 
 from __future__ import annotations
 
-import math
 import os
 
 import torch
 
 BACKENDS = ("auto", "triton", "reference")
+# The kernels compute 1 / T in float32 and, in backward, up to 1e4 / T times the upstream gradient (the exponent
+# floor is 1e4 nats): at T >= 1e-30 those stay finite for gradients up to ~3e4, at T <= 1e30 1 / T stays a
+# normal float32, so -inf logits stay -inf (-inf * 0 would be NaN).
+MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-30, 1e30
+_TEMPERATURE_RANGE = f"[{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}]"  # formatted once: torch.compile cannot
+# format these float constants in the same f-string as a symbolic temperature
 _KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -43,11 +52,22 @@ def resolve_backend(backend: str, logits: torch.Tensor) -> str:
     return backend
 
 
+def shape_text(shape) -> str:
+    """``str(tuple(shape))``, one f-string per size: torch.compile can format symbolic sizes only that way."""
+    dims = [f"{d}" for d in shape]
+    return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
+
+
 def check_temperature(temperature) -> float:
+    """``temperature`` unchanged (no ``float()``: torch.compile keeps it symbolic) once it is in range."""
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
         raise TypeError(f"temperature must be a Python float, got {type(temperature).__name__}")
-    if not 0 < temperature < math.inf:  # also false for NaN; no float() so torch.compile keeps it symbolic
-        raise ValueError(f"temperature must be a finite positive number, got {temperature}")
+    # NaN first: torch.compile cannot order a symbolic NaN
+    if temperature != temperature or not MIN_TEMPERATURE <= temperature <= MAX_TEMPERATURE:
+        raise ValueError(
+            f"temperature must be a finite positive number in {_TEMPERATURE_RANGE} (float32 kernels overflow "
+            f"outside), got {float(temperature)}"
+        )
     return temperature
 
 
@@ -59,7 +79,7 @@ def check_logits(logits) -> None:
     if logits.dim() == 0:
         raise ValueError("logits must have shape [..., V], got a 0-d tensor")
     if logits.shape[-1] == 0:
-        raise ValueError(f"logits: the vocabulary (last) dim is empty, shape {tuple(logits.shape)}")
+        raise ValueError(f"logits: the vocabulary (last) dim is empty, shape {shape_text(logits.shape)}")
 
 
 def check_row_tensor(name: str, t, logits: torch.Tensor, *, kind: str) -> None:
@@ -71,7 +91,8 @@ def check_row_tensor(name: str, t, logits: torch.Tensor, *, kind: str) -> None:
     if kind == "bool" and t.dtype != torch.bool:
         raise TypeError(f"{name} must be a bool tensor, got {t.dtype}")
     if t.shape != logits.shape[:-1]:
-        raise ValueError(f"{name} must have shape logits.shape[:-1] = {tuple(logits.shape[:-1])}, got {tuple(t.shape)}")
+        raise ValueError(f"{name} must have shape logits.shape[:-1] = {shape_text(logits.shape[:-1])}, "
+                         f"got {shape_text(t.shape)}")
     if t.device != logits.device:
         raise ValueError(f"{name} is on {t.device} but logits are on {logits.device}")
 
