@@ -15,8 +15,8 @@ BACKENDS = ("auto", "triton", "reference")
 # floor is 1e4 nats): at T >= 1e-30 those stay finite for gradients up to ~3e4, at T <= 1e30 1 / T stays a
 # normal float32, so -inf logits stay -inf (-inf * 0 would be NaN).
 MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-30, 1e30
-_TEMPERATURE_RANGE = f"[{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}]"  # formatted once: torch.compile cannot
-# format these float constants in the same f-string as a symbolic temperature
+# Formatted once: torch.compile cannot format these constants in one f-string with a symbolic temperature.
+_TEMPERATURE_RANGE = f"[{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}]"
 _KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 

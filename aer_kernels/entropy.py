@@ -10,7 +10,8 @@ Under ``torch.compile`` the public functions hand the ops the temperature as a 0
 one value per compiled graph. The ops read it on the host, where it lives (no device sync), and are tagged
 ``cudagraph_unsafe`` so that a CUDA graph never freezes a launch with one temperature baked in. Argument errors
 found while Dynamo traces become ``aer_kernels::argument_error``, which raises the same error when the compiled
-code runs: a raise during tracing would reach the caller as Dynamo's ``Unsupported``.
+code runs: a raise during tracing would reach the caller as Dynamo's ``Unsupported``. ``aer_kernels::backward``
+has an autograd formula that only raises: double backward is not supported, and says so by name.
 """
 
 from __future__ import annotations
@@ -97,10 +98,10 @@ def _(logits, targets, mask, stats, h, grad_h, grad_logp, temperature, backend, 
 
 def _no_double_backward(ctx, *grads):
     raise NotImplementedError(
-        "aer_kernels::backward (the gradient of aer_kernels.entropy / logprobs_and_entropy) has no gradient of "
-        "its own: double backward is not supported. For second-order terms, differentiate the PyTorch "
-        "expression instead: torch.log_softmax(logits.float() / T, -1), its .gather(-1, targets[..., None]) "
-        "and -(p * log_p).sum(-1)"
+        "aer_kernels::backward (the logits' gradient of aer_kernels' entropy and log-prob ops) has no gradient "
+        "of its own: double backward is not supported. For second-order terms, differentiate the PyTorch "
+        "expression instead: log_p = torch.log_softmax(logits.float() / T, -1); "
+        "logp = log_p.gather(-1, targets[..., None]); H = -(log_p.exp() * log_p).sum(-1)"
     )
 
 
