@@ -227,7 +227,7 @@ def run(shapes, modes, workspaces_mib, dtype: torch.dtype, output_dir: Optional[
                 doc["rows"].append(_row("gemms", mode, n, d, v, name, ms, peak, ms))
                 _print_row(doc["rows"][-1])
             for method in methods:
-                failed = _safely(lambda: check(method, h, w, y))
+                failed = _safely(check, method, h, w, y)
                 if failed:
                     print(f"  {method.name}: SKIPPED, {failed}", flush=True)
                     continue
@@ -257,9 +257,9 @@ def _failure(exc: Exception) -> str:
     return f"{type(exc).__name__}: {first[:200]}"
 
 
-def _safely(fn) -> Optional[str]:
+def _safely(check_fn, *args) -> Optional[str]:
     try:
-        failed = fn()
+        failed = check_fn(*args)
     except Exception as exc:  # a peer that cannot run here must not end the run
         return f"could not run: {_failure(exc)}"
     return f"FAILED THE CORRECTNESS CHECK: {failed}" if failed else None
