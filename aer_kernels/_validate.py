@@ -18,6 +18,7 @@ MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-30, 1e30
 # Formatted once: torch.compile cannot format these constants in one f-string with a symbolic temperature.
 _TEMPERATURE_RANGE = f"[{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}]"
 _KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_LOGITS_DTYPES = _KERNEL_DTYPES + (torch.float64,)
 
 
 def triton_available() -> bool:
@@ -74,8 +75,9 @@ def check_temperature(temperature) -> float:
 def check_logits(logits) -> None:
     if not isinstance(logits, torch.Tensor):
         raise TypeError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
-    if not logits.is_floating_point():
-        raise TypeError(f"logits must be float32, float16 or bfloat16, got {logits.dtype}")
+    if logits.dtype not in _LOGITS_DTYPES:  # float8 would be read, but no backend is tested on it
+        raise TypeError(f"logits must be float32, float16 or bfloat16 (float64 on the reference backend), "
+                        f"got {logits.dtype}")
     if logits.dim() == 0:
         raise ValueError("logits must have shape [..., V], got a 0-d tensor")
     if logits.shape[-1] == 0:

@@ -130,6 +130,13 @@ def test_float64_is_reference_only(monkeypatch):
     assert ak.entropy(X.double()).dtype == torch.float64  # the reference path accumulates in float64
 
 
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e5m2])
+def test_float8_logits_are_refused(dtype):
+    """No backend is tested on float8: the message lists what is supported instead of reading it anyway."""
+    with pytest.raises(TypeError, match=r"logits must be float32, float16 or bfloat16 \(float64 on the reference"):
+        ak.entropy(X.to(dtype))
+
+
 def test_errors_come_before_work(monkeypatch):
     """A bad argument fails without touching the data (no kernel runs, nothing allocated)."""
     calls = []
