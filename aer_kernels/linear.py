@@ -14,7 +14,9 @@
 
 Memory besides the inputs and the returned tensors: the workspace (``workspace_bytes``, default 256 MiB; on the
 reference backend each logit also counts the two fp32 temporaries of its row kernels), plus ``4·N·D`` for the
-``dh`` accumulator in the backward. Saved for backward: the inputs themselves (no copies) and 12 bytes a row.
+``dh`` accumulator in the backward, and one ``[N, D]`` product at a time where the GEMM cannot add into fp32 in
+place (CPUs, torch versions without ``addmm(..., out_dtype=torch.float32)`` on an fp32 input). Saved for
+backward: the inputs themselves (no copies) and 12 bytes a row.
 Slicing the vocabulary keeps the accumulator at ``N·D`` instead of ``V·D``. The GEMMs are torch's on every
 backend; ``backend`` picks the row kernels. No host syncs and no atomics: the same inputs give bitwise the same
 outputs.
@@ -114,23 +116,32 @@ def _logits_into(out: Tensor, rows: _HiddenRows, r0: int, r1: int, weight: Tenso
 
 
 @functools.lru_cache(maxsize=None)
-def _gemm_writes_fp32(device_type: str, dtype: torch.dtype) -> bool:
-    """Whether ``torch.mm(..., out_dtype=torch.float32)`` runs for ``dtype`` inputs here (cuBLAS in recent torch)."""
+def _fp32_accumulation(device_type: str, dtype: torch.dtype) -> str:
+    """How a product of ``dtype`` matrices is added into an fp32 tensor here: ``"addmm"`` (the GEMM reads and
+    writes the fp32 sum in place: CUDA, torch versions whose ``addmm`` takes ``out_dtype`` with an fp32 input),
+    ``"mm"`` (an fp32 product, then an add) or ``"rounded"`` (the product in ``dtype``, then an add)."""
     if device_type != "cuda":
-        return False
-    one = torch.ones(1, 1, dtype=dtype, device=device_type)
-    try:
-        torch.mm(one, one, out_dtype=torch.float32)
-    except (TypeError, RuntimeError):
-        return False
-    return True
+        return "rounded"
+    one, acc = torch.ones(1, 1, dtype=dtype, device=device_type), torch.zeros(1, 1, device=device_type)
+    for way, probe in (("addmm", lambda: torch.addmm(acc, one, one, out_dtype=torch.float32, out=acc)),
+                       ("mm", lambda: torch.mm(one, one, out_dtype=torch.float32))):
+        try:
+            probe()  # the dtype checks run on the host: an unsupported form raises here, without a sync
+        except (TypeError, RuntimeError):
+            continue
+        return way
+    return "rounded"
 
 
 def _add_product(acc: Tensor, a: Tensor, b: Tensor) -> None:
-    """``acc += a @ b`` with ``acc`` in the accumulation dtype; never an accumulation in bf16/fp16."""
+    """``acc += a @ b`` with ``acc`` in the accumulation dtype; never a running sum in bf16/fp16."""
     if a.dtype == acc.dtype:
         acc.addmm_(a, b)
-    elif _gemm_writes_fp32(a.device.type, a.dtype):
+        return
+    way = _fp32_accumulation(a.device.type, a.dtype)
+    if way == "addmm":
+        torch.addmm(acc, a, b, out_dtype=acc.dtype, out=acc)
+    elif way == "mm":
         acc.add_(torch.mm(a, b, out_dtype=acc.dtype))
     else:
         acc.add_(torch.mm(a, b))  # the product rounded once to the inputs' dtype, the running sum fp32
