@@ -3,6 +3,7 @@ tolerance rule of numerics.py), invariant to how the workspace chunks tokens and
 measured memory bound, with the edge rows, argument errors, autocast, torch.compile and opcheck."""
 
 import math
+from contextlib import nullcontext
 
 import pytest
 import torch
@@ -15,6 +16,15 @@ from numerics import SLACK, assert_within_rule, formula, max_err
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 TEMPERATURES = [1.0, 0.7, 1.6]
 GEMMS = ("aten.mm.out", "aten.addmm.out", "aten.mm.default", "aten.addmm_.default")
+
+
+@pytest.fixture(autouse=True)
+def _one_cpu_thread():
+    """Many small ops: on a shared CPU a second OpenMP thread makes each of them wait for milliseconds."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def logit_bytes(dtype, backend):
@@ -68,7 +78,7 @@ def fused(hidden, weight, bias, targets, temperature, mask, grad_h, grad_logp, d
         leaves[0] = _as_sliced_leaf(hidden.detach().to(dtype))
     h_, w_, b_ = leaves
     common = dict(bias=b_, temperature=temperature, mask=mask, backend=backend, **kw)
-    forward, backward = AllocationTracker(), AllocationTracker()
+    forward, backward = (AllocationTracker(), AllocationTracker()) if trackers is not None else (nullcontext(),) * 2
     with forward:
         if targets is None:
             logp, h = None, ak.linear_entropy(h_, w_, **common)
