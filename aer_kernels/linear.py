@@ -37,8 +37,9 @@ import torch.distributed as dist
 from torch import Tensor
 
 from ._layout import RowLayout, row_layout, with_row_layout
-from ._validate import check_temperature, resolve_backend
-from .entropy import _impl, undefined_logp_grad
+from ._validate import check_temperature, resolve_backend, shape_text
+from .entropy import (_OP_TAGS, _failed_call_outputs, _impl, _temperature, _temperature_args,
+                      undefined_logp_grad)
 from .reference import accumulation_dtype
 from .vocab_parallel import (_check_vocab_start, _world_size, agreement_requested, check_agreement_of_ranks,
                              combine_shards, empty_shard_statistics)
@@ -183,19 +184,21 @@ def _forward_outputs(hidden: Tensor, has_targets: bool):
     return torch.empty(n, **out), torch.empty(n if has_targets else 0, **out), torch.empty((n, 2), **out)
 
 
-@torch.library.custom_op("aer_kernels::linear_fwd", mutates_args=())
+@torch.library.custom_op("aer_kernels::linear_fwd", mutates_args=(), tags=_OP_TAGS)
 def _linear_fwd(hidden: Tensor, weight: Tensor, bias: Optional[Tensor], targets: Optional[Tensor],
-                mask: Optional[Tensor], temperature: float, backend: str,
-                workspace_bytes: int) -> tuple[Tensor, Tensor, Tensor]:
-    """``(H, logp, stats)`` of ``hidden @ weight.T + bias`` per row (flat ``[N]``, ``[N]`` or ``[0]``, ``[N, 2]``)."""
+                mask: Optional[Tensor], temperature: float, backend: str, workspace_bytes: int,
+                temperature_tensor: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor]:
+    """``(H, logp, stats)`` of ``hidden @ weight.T + bias`` per row (flat ``[N]``, ``[N]`` or ``[0]``, ``[N, 2]``);
+    ``temperature_tensor``, when given, carries T instead of ``temperature`` (as in ``entropy.py``)."""
     h, logp, stats = _forward_outputs(hidden, targets is not None)
+    temperature = _temperature(temperature, temperature_tensor)
     with torch.autocast(hidden.device.type, enabled=False):
         _forward_rows(hidden, weight, bias, targets, mask, temperature, backend, workspace_bytes, h, logp, stats)
     return h, logp, stats
 
 
 @_linear_fwd.register_fake
-def _(hidden, weight, bias, targets, mask, temperature, backend, workspace_bytes):
+def _(hidden, weight, bias, targets, mask, temperature, backend, workspace_bytes, temperature_tensor=None):
     return _forward_outputs(hidden, targets is not None)
 
 
@@ -243,12 +246,14 @@ def _backward_outputs(hidden, weight, bias, need_hidden: bool, need_weight: bool
             fresh(weight.shape[:1] if need_bias else (0,), dtype=bias_dtype, device=device))
 
 
-@torch.library.custom_op("aer_kernels::linear_bwd", mutates_args=())
+@torch.library.custom_op("aer_kernels::linear_bwd", mutates_args=(), tags=_OP_TAGS)
 def _linear_bwd(hidden: Tensor, weight: Tensor, bias: Optional[Tensor], targets: Optional[Tensor],
                 mask: Optional[Tensor], stats: Tensor, h: Tensor, grad_h: Optional[Tensor],
                 grad_logp: Optional[Tensor], temperature: float, backend: str, workspace_bytes: int,
-                need_hidden: bool, need_weight: bool, need_bias: bool) -> tuple[Tensor, Tensor, Tensor]:
+                need_hidden: bool, need_weight: bool, need_bias: bool,
+                temperature_tensor: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor]:
     """``(dh [N, D] fp32, dW, db)`` from the forward's ``stats`` and ``h``; unneeded ones are empty."""
+    temperature = _temperature(temperature, temperature_tensor)
     work = h.numel() > 0 and (grad_h is not None or grad_logp is not None)
     dh, dw, db = _backward_outputs(hidden, weight, bias, need_hidden, need_weight, need_bias, filled=work)
     wanted = [g if need else None for g, need in ((dh, need_hidden), (dw, need_weight), (db, need_bias))]
@@ -261,7 +266,7 @@ def _linear_bwd(hidden: Tensor, weight: Tensor, bias: Optional[Tensor], targets:
 
 @_linear_bwd.register_fake
 def _(hidden, weight, bias, targets, mask, stats, h, grad_h, grad_logp, temperature, backend, workspace_bytes,
-      need_hidden, need_weight, need_bias):
+      need_hidden, need_weight, need_bias, temperature_tensor=None):
     return _backward_outputs(hidden, weight, bias, need_hidden, need_weight, need_bias)
 
 
@@ -278,27 +283,27 @@ torch.library.register_autograd("aer_kernels::linear_bwd", _no_double_backward)
 
 
 def _setup_context(ctx, inputs, output):
-    hidden, weight, bias, targets, mask, temperature, backend, workspace_bytes = inputs
+    hidden, weight, bias, targets, mask, temperature, backend, workspace_bytes, temperature_tensor = inputs
     h, _, stats = output
     ctx.mark_non_differentiable(stats)
     ctx.set_materialize_grads(False)  # an unused output's gradient arrives as None: no work for it
-    ctx.save_for_backward(hidden, weight, bias, targets, mask, stats, h)
+    ctx.save_for_backward(hidden, weight, bias, targets, mask, stats, h, temperature_tensor)
     ctx.settings = (temperature, backend, workspace_bytes)
 
 
 def _autograd_backward(ctx, grad_h, grad_logp, _grad_stats):
-    hidden, weight, bias, targets, mask, stats, h = ctx.saved_tensors
+    hidden, weight, bias, targets, mask, stats, h, temperature_tensor = ctx.saved_tensors
     needs = ctx.needs_input_grad[:3]
     if targets is None:
         grad_logp = None  # logp is the empty placeholder
     if (grad_h is None and grad_logp is None) or not any(needs):
-        return (None,) * 8
+        return (None,) * 9
     if grad_logp is not None:
         grad_logp = undefined_logp_grad(grad_logp, (targets >= 0) & (targets < weight.shape[0]))
     dh, dw, db = torch.ops.aer_kernels.linear_bwd(hidden, weight, bias, targets, mask, stats, h, grad_h, grad_logp,
-                                                  *ctx.settings, *needs)
+                                                  *ctx.settings, *needs, temperature_tensor)
     return (dh.to(hidden.dtype).view(hidden.shape) if needs[0] else None, dw if needs[1] else None,
-            db if needs[2] else None) + (None,) * 5
+            db if needs[2] else None) + (None,) * 6
 
 
 torch.library.register_autograd("aer_kernels::linear_fwd", _autograd_backward, setup_context=_setup_context)
@@ -316,17 +321,17 @@ def _check_float_tensor(name: str, t) -> None:
 def _check_shapes(hidden, weight, bias, empty_vocab_ok: bool) -> None:
     _check_float_tensor("hidden", hidden)
     if hidden.dim() == 0 or hidden.shape[-1] == 0:
-        raise ValueError(f"hidden must have shape [..., D] with D >= 1, got {tuple(hidden.shape)}")
+        raise ValueError(f"hidden must have shape [..., D] with D >= 1, got {shape_text(hidden.shape)}")
     _check_float_tensor("weight", weight)
     if weight.dim() != 2 or weight.shape[1] != hidden.shape[-1]:
         raise ValueError(f"weight must have shape [V, D] with D = hidden.shape[-1] = {hidden.shape[-1]} (the "
-                         f"nn.Linear / lm_head.weight layout), got {tuple(weight.shape)}")
+                         f"nn.Linear / lm_head.weight layout), got {shape_text(weight.shape)}")
     if weight.shape[0] == 0 and not empty_vocab_ok:
-        raise ValueError(f"weight: the vocabulary (first) dim is empty, shape {tuple(weight.shape)}")
+        raise ValueError(f"weight: the vocabulary (first) dim is empty, shape {shape_text(weight.shape)}")
     if bias is not None:
         _check_float_tensor("bias", bias)
         if bias.shape != weight.shape[:1]:
-            raise ValueError(f"bias must have shape [V] = ({weight.shape[0]},), got {tuple(bias.shape)}")
+            raise ValueError(f"bias must have shape [V] = {shape_text(weight.shape[:1])}, got {shape_text(bias.shape)}")
     for name, t in (("weight", weight), ("bias", bias)):
         if t is not None and t.device != hidden.device:
             raise ValueError(f"{name} is on {t.device} but hidden is on {hidden.device}")
@@ -341,8 +346,8 @@ def _check_rows(name: str, t, hidden: Tensor, *, kind: str) -> None:
     if kind == "bool" and t.dtype != torch.bool:
         raise TypeError(f"{name} must be a bool tensor, got {t.dtype}")
     if t.shape != hidden.shape[:-1]:
-        raise ValueError(f"{name} must have shape hidden.shape[:-1] = {tuple(hidden.shape[:-1])}, "
-                         f"got {tuple(t.shape)}")
+        raise ValueError(f"{name} must have shape hidden.shape[:-1] = {shape_text(hidden.shape[:-1])}, "
+                         f"got {shape_text(t.shape)}")
     if t.device != hidden.device:
         raise ValueError(f"{name} is on {t.device} but hidden is on {hidden.device}")
 
@@ -406,10 +411,21 @@ def _prepare(hidden, weight, bias, targets, mask, temperature, workspace_bytes, 
 
 # ---- public API --------------------------------------------------------------------------------------------------
 
-def _run(hidden, weight, targets, bias, temperature, mask, workspace_bytes, backend):
+def _run(hidden, weight, targets, bias, temperature, mask, workspace_bytes, backend, *, with_targets: bool):
+    """``(H, logp)``, ``logp`` None without targets. Under torch.compile an argument error is raised when the
+    compiled code runs, and the temperature is a graph input (one graph for every T), as in ``entropy.py``."""
+    try:
+        if with_targets and targets is None:
+            raise TypeError("targets must be a torch.Tensor of token ids; use linear_entropy() for entropy alone")
+        *args, temperature, backend, workspace_bytes = _prepare(hidden, weight, bias, targets, mask, temperature,
+                                                                workspace_bytes, backend)
+    except (TypeError, ValueError, RuntimeError) as err:
+        if not torch.compiler.is_compiling():
+            raise
+        return _failed_call_outputs(err, hidden)
     lead = hidden.shape[:-1]
-    args = _prepare(hidden, weight, bias, targets, mask, temperature, workspace_bytes, backend)
-    h, logp, _ = _linear_fwd(*args)
+    temperature, temperature_tensor = _temperature_args(temperature)
+    h, logp, _ = _linear_fwd(*args, temperature, backend, workspace_bytes, temperature_tensor)
     return h.view(lead), (logp.view(lead) if targets is not None else None)
 
 
@@ -438,9 +454,7 @@ def linear_logprobs_and_entropy(hidden: Tensor, weight: Tensor, targets: Tensor,
         backend: ``"auto"`` (Triton row kernels for CUDA tensors, else the reference), ``"triton"`` or
             ``"reference"``; the GEMMs are torch's in every case.
     """
-    if targets is None:
-        raise TypeError("targets must be a torch.Tensor of token ids; use linear_entropy() for entropy alone")
-    h, logp = _run(hidden, weight, targets, bias, temperature, mask, workspace_bytes, backend)
+    h, logp = _run(hidden, weight, targets, bias, temperature, mask, workspace_bytes, backend, with_targets=True)
     return logp, h
 
 
@@ -460,7 +474,7 @@ def linear_entropy(hidden: Tensor, weight: Tensor, *, bias: Optional[Tensor] = N
         workspace_bytes: the workspace for logits chunks (default 256 MiB).
         backend: ``"auto"``, ``"triton"`` or ``"reference"``.
     """
-    return _run(hidden, weight, None, bias, temperature, mask, workspace_bytes, backend)[0]
+    return _run(hidden, weight, None, bias, temperature, mask, workspace_bytes, backend, with_targets=False)[0]
 
 
 # ---- tensor parallel: the vocabulary sharded over a process group -----------------------------------------------

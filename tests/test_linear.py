@@ -436,16 +436,56 @@ def test_compiles_with_fullgraph():
     torch.testing.assert_close(outputs_and_grads(compiled), outputs_and_grads(outputs), rtol=0, atol=0)
 
 
+def test_temperature_schedule_runs_one_graph():
+    """Dynamo traces the first temperature as a constant and the second as a graph input serving every later one;
+    each value is used (the outputs match eager at every step)."""
+    hidden, weight, bias, targets, mask, grad_h, grad_logp = problem((3, 4), 8, 21, seed=22)
+    graphs = []
+
+    def counting_backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    def loss(h, w, t):
+        logp, ent = ak.linear_logprobs_and_entropy(h, w, targets, temperature=t, mask=mask, backend="reference")
+        return (logp * grad_logp + ent * grad_h).sum()
+
+    def loss_and_grads(fn, t):
+        h, w = hidden.clone().requires_grad_(True), weight.clone().requires_grad_(True)
+        value = fn(h, w, t)
+        value.backward()
+        return value.detach(), h.grad, w.grad
+
+    torch._dynamo.reset()
+    compiled = torch.compile(loss, fullgraph=True, backend=counting_backend)
+    for t in [0.3 + 0.11 * i for i in range(12)]:  # more values than Dynamo's recompile limit (8)
+        torch.testing.assert_close(loss_and_grads(compiled, t), loss_and_grads(loss, t), rtol=1e-6, atol=1e-6)
+    assert len(graphs) <= 2
+
+
+def test_argument_error_under_compile_is_raised_when_the_compiled_code_runs():
+    hidden, weight, _, targets, *_ = problem((5,), 4, 9, seed=23)
+    compiled = torch.compile(lambda h, w, y: ak.linear_logprobs_and_entropy(h, w, y, temperature=0.0),
+                             fullgraph=True, backend="aot_eager")
+    with pytest.raises(ValueError, match="temperature must be a finite positive number"):
+        compiled(hidden, weight, targets)
+
+
 def test_opcheck():
     hidden, weight, bias, targets, mask, grad_h, grad_logp = problem((10,), 4, 13, seed=18)
     targets, mask = targets.contiguous(), mask.contiguous()
     leaves = [t.clone().requires_grad_(True) for t in (hidden, weight, bias)]
-    forward = (*leaves, targets, mask, 0.8, "reference", 3 * 13 * 12)
-    torch.library.opcheck(torch.ops.aer_kernels.linear_fwd.default, forward)
-    h, _, stats = torch.ops.aer_kernels.linear_fwd(*forward)
-    backward = (hidden, weight, bias, targets, mask, stats.detach(), h.detach(), grad_h, grad_logp, 0.8,
-                "reference", 3 * 13 * 12, True, True, False)
-    torch.library.opcheck(torch.ops.aer_kernels.linear_bwd.default, backward)
+    t = torch.tensor(0.8, dtype=torch.float64)  # the temperature as torch.compile passes it
+    forward, backward = torch.ops.aer_kernels.linear_fwd.default, torch.ops.aer_kernels.linear_bwd.default
+    args = (*leaves, targets, mask, 0.8, "reference", 3 * 13 * 12)
+    torch.library.opcheck(forward, args)
+    torch.library.opcheck(forward, (*args[:5], 1.0, "reference", 3 * 13 * 12, t))
+    h, _, stats = torch.ops.aer_kernels.linear_fwd(*args)
+    assert torch.equal(torch.ops.aer_kernels.linear_fwd(*args[:5], 1.0, "reference", 3 * 13 * 12, t)[0], h)
+    back = (hidden, weight, bias, targets, mask, stats.detach(), h.detach(), grad_h, grad_logp, 0.8,
+            "reference", 3 * 13 * 12, True, True, False)
+    torch.library.opcheck(backward, back)
+    torch.library.opcheck(backward, (*back[:9], 1.0, *back[10:], t))
 
 
 # ---- argument errors, before any work ----------------------------------------------------------------------------
