@@ -21,6 +21,10 @@ Communicated per row: 4 bytes (MAX) + 16 bytes (SUM), 8 for the entropy alone; n
 Backward needs no communication: ``dx_j = (1/T)[gL (1[j=y] - p_j) - gH p_j (z_j - E)]`` involves only the
 shard's own logits and the global row statistics: the single-GPU backward with the target shifted by
 ``-v_r`` (outside ``[0, V_r)``: no one-hot term on this shard).
+
+``combine_shards`` takes a shard's statistics however they were computed: the fused LM-head op (``linear.py``)
+forms them chunk by chunk from the hidden states. Nothing checks by default that the ranks called alike (it needs
+a host sync); ``check_agreement=True`` or ``AER_KERNELS_CHECK_AGREEMENT=1`` does, with one small all-gather.
 """
 
 from __future__ import annotations
