@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 
 from aer import AERConfig, AERController, entropy_stats, group_accuracy
-from multiprocess import run_workers
+from gloo_workers import run_workers
 
 pytestmark = pytest.mark.distributed
 

@@ -1,7 +1,6 @@
 """AERGRPOTrainer against TRL's own GRPOTrainer: a randomly initialised 2-layer Llama and a tokenizer built here,
 a few steps on CPU, nothing downloaded."""
 
-import importlib.util
 import json
 import math
 import os
@@ -13,31 +12,6 @@ import pytest
 import torch
 
 
-def import_datasets_past_the_tests_helper():
-    """tests/multiprocess.py (the gloo worker helper) shadows PyPI's `multiprocess`, which `datasets` imports at
-    module level: import `datasets` with the real package, then hand the name back to the helper."""
-    tests_dir = os.path.dirname(os.path.abspath(__file__))
-    if "multiprocess" in sys.modules:
-        origin = getattr(sys.modules["multiprocess"], "__file__", None)
-    else:
-        origin = getattr(importlib.util.find_spec("multiprocess"), "origin", None)
-    if "datasets" in sys.modules or not (origin or "").startswith(tests_dir):
-        return
-    helper, path = sys.modules.pop("multiprocess", None), sys.path[:]
-    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != tests_dir]
-    try:
-        importlib.import_module("datasets")
-    except ImportError:
-        pass  # no datasets: the importorskip below says why the tests skip
-    finally:
-        sys.path[:] = path
-        for name in [n for n in sys.modules if n == "multiprocess" or n.startswith("multiprocess.")]:
-            del sys.modules[name]
-        if helper is not None:
-            sys.modules["multiprocess"] = helper
-
-
-import_datasets_past_the_tests_helper()
 trl = pytest.importorskip("trl", reason="TRL is not installed (pip install 'aer-kernels[trl]')")
 from packaging.version import Version  # noqa: E402
 

@@ -1,40 +1,12 @@
 """aer.integrations.verl against verl's own ppo_loss / agg_loss (verl installed without its heavy dependencies)."""
 
-import importlib.util
 import math
-import os
-import sys
 
 import numpy as np
 import pytest
 import torch
 
 
-def import_datasets_past_the_tests_helper():
-    """tests/multiprocess.py (the gloo worker helper) shadows PyPI's `multiprocess`, which `datasets` imports at
-    module level: import `datasets` with the real package, then hand the name back to the helper."""
-    tests_dir = os.path.dirname(os.path.abspath(__file__))
-    if "multiprocess" in sys.modules:
-        origin = getattr(sys.modules["multiprocess"], "__file__", None)
-    else:
-        origin = getattr(importlib.util.find_spec("multiprocess"), "origin", None)
-    if "datasets" in sys.modules or not (origin or "").startswith(tests_dir):
-        return
-    helper, path = sys.modules.pop("multiprocess", None), sys.path[:]
-    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != tests_dir]
-    try:
-        importlib.import_module("datasets")
-    except ImportError:
-        pass  # no datasets: the importorskip below says why the tests skip
-    finally:
-        sys.path[:] = path
-        for name in [n for n in sys.modules if n == "multiprocess" or n.startswith("multiprocess.")]:
-            del sys.modules[name]
-        if helper is not None:
-            sys.modules["multiprocess"] = helper
-
-
-import_datasets_past_the_tests_helper()  # verl's loss module imports datasets
 pytest.importorskip("verl", reason="verl is not installed (make setup installs it without its heavy dependencies)")
 from tensordict import TensorDict  # noqa: E402
 from verl.utils import tensordict_utils as tu  # noqa: E402

@@ -11,7 +11,7 @@ import torch.distributed as dist
 import pytest
 
 import aer_kernels as ak
-from multiprocess import run_workers
+from gloo_workers import run_workers
 
 WORLD = 3
 TIMEOUT_S = 120

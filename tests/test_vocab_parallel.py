@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 
 import aer_kernels as ak
-from multiprocess import run_workers
+from gloo_workers import run_workers
 from numerics import assert_within_rule, formula, realistic_logits, truth
 
 WORLD = 3

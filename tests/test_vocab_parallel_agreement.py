@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 
 import aer_kernels as ak
-from multiprocess import run_workers
+from gloo_workers import run_workers
 
 WORLD = 3
 TIMEOUT_S = 90
