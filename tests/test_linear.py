@@ -34,22 +34,22 @@ def logit_bytes(dtype, backend):
     return dtype.itemsize + scratch
 
 
-def problem(lead, d, vocab, seed, *, sliced=False, bias=True):
-    """fp32 ``hidden [*lead, d]`` (a ``[:, :-1]`` view when ``sliced``), weight, bias, targets, mask, upstream grads.
-
-    Logits with per-row std in [2, 8], one row nearly flat, one peaked; 20% of the rows masked."""
+def problem(lead, d, vocab, seed, *, sliced=False, bias=True, device="cpu"):
+    """fp32 ``hidden [*lead, d]`` (a ``[:, :-1]`` view when ``sliced``), weight, bias, targets, mask, upstream grads,
+    on ``device``. Logits with per-row std in [2, 8], one row nearly flat, one peaked; 20% of the rows masked."""
     g = torch.Generator().manual_seed(seed)
     full = (*lead[:-1], lead[-1] + 1) if sliced else lead
     base = torch.randn(*full, d, generator=g) * torch.empty(*full, 1).uniform_(0.5, 2.0, generator=g)
     base.view(-1, d)[0] *= 0.002  # nearly flat
     base.view(-1, d)[1] *= 4.0  # peaked
+    base = base.to(device)
     hidden = base[:, :-1] if sliced else base
     weight = torch.randn(vocab, d, generator=g) * (4.0 / math.sqrt(d))
     b = torch.randn(vocab, generator=g) if bias else None
     targets = torch.randint(0, vocab, lead, generator=g)
     mask = torch.rand(lead, generator=g) > 0.2
     grad_h, grad_logp = torch.randn(2, *lead, generator=g)
-    return hidden, weight, b, targets, mask, grad_h, grad_logp
+    return (hidden, *(None if t is None else t.to(device) for t in (weight, b, targets, mask, grad_h, grad_logp)))
 
 
 def through_logits(hidden, weight, bias, targets, temperature, mask, grad_h, grad_logp, dtype):
@@ -96,7 +96,7 @@ def fused(hidden, weight, bias, targets, temperature, mask, grad_h, grad_logp, d
 
 def _as_sliced_leaf(hidden):
     """``hidden``'s values as a ``[:, :-1]`` view of a bigger tensor, itself a leaf that requires grad."""
-    base = torch.zeros(hidden.shape[0], hidden.shape[1] + 1, hidden.shape[2], dtype=hidden.dtype)
+    base = hidden.new_zeros(hidden.shape[0], hidden.shape[1] + 1, hidden.shape[2])
     base[:, :-1] = hidden
     return base[:, :-1].requires_grad_(True)
 
@@ -114,7 +114,7 @@ def assert_all_within_rule(got, exact, baseline, dtype, what):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_matches_float64_and_materialised_logits(backend, device, dtype):
-    hidden, weight, bias, targets, mask, grad_h, grad_logp = problem((3, 9), 24, 300, seed=1, sliced=True)
+    hidden, weight, bias, targets, mask, grad_h, grad_logp = problem((3, 9), 24, 300, seed=1, sliced=True, device=device)
     # A small workspace: several token chunks forward, several vocabulary slices backward.
     workspace = 4 * 300 * logit_bytes(dtype, backend)
     for temperature in TEMPERATURES if backend == "reference" else TEMPERATURES[1:2]:  # the interpreter is slow
@@ -129,7 +129,7 @@ def test_matches_float64_and_materialised_logits(backend, device, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_entropy_alone_and_without_bias(backend, device, dtype):
-    hidden, weight, _, _, mask, grad_h, _ = problem((40,), 16, 130, seed=2, bias=False)
+    hidden, weight, _, _, mask, grad_h, _ = problem((40,), 16, 130, seed=2, bias=False, device=device)
     args = (hidden, weight, None, None, 1.3, mask, grad_h, None)
     got = fused(*args, dtype, backend, workspace_bytes=7 * 130 * logit_bytes(dtype, backend))
     assert got[0] is None
@@ -164,7 +164,7 @@ def _chunking_cases(dtype, backend):
 
 
 def test_results_do_not_depend_on_chunks_or_slices(backend, device):
-    hidden, weight, bias, targets, mask, grad_h, grad_logp = problem((N_ROWS,), WIDTH, VOCAB, seed=4)
+    hidden, weight, bias, targets, mask, grad_h, grad_logp = problem((N_ROWS,), WIDTH, VOCAB, seed=4, device=device)
     # The Triton kernels take no float64; the interpreter runs a program per row and slice: two cases there.
     for dtype in (torch.float64, torch.float32) if backend == "reference" else (torch.float32,):
         args = (hidden, weight, bias, targets, 0.9, mask, grad_h, grad_logp, dtype, backend)
@@ -187,7 +187,7 @@ def test_results_do_not_depend_on_chunks_or_slices(backend, device):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_sliced_hidden_matches_its_contiguous_copy(backend, device, dtype):
-    hidden, weight, bias, targets, mask, grad_h, grad_logp = problem((4, 6), WIDTH, VOCAB, seed=5, sliced=True)
+    hidden, weight, bias, targets, mask, grad_h, grad_logp = problem((4, 6), WIDTH, VOCAB, seed=5, sliced=True, device=device)
     assert not hidden.is_contiguous()
     args = (weight, bias, targets, 1.0, mask, grad_h, grad_logp, dtype, backend)
     workspace = 5 * VOCAB * logit_bytes(dtype, backend) + 8 * WIDTH * VOCAB  # chunks cross sequence boundaries
@@ -231,7 +231,7 @@ def test_memory_stays_within_the_workspace(backend, device, dtype, sliced):
     a returned gradient; the peak is the workspace plus ``O(N·D + N + V)``, far below the materialised logits."""
     lead, d, vocab, workspace = (2, 16), 16, 8000, 128 << 10  # few rows: the interpreter runs a program per row
     n = math.prod(lead)
-    hidden, weight, bias, targets, mask, grad_h, grad_logp = problem(lead, d, vocab, seed=7, sliced=sliced)
+    hidden, weight, bias, targets, mask, grad_h, grad_logp = problem(lead, d, vocab, seed=7, sliced=sliced, device=device)
     args = (hidden, weight, bias, targets, 1.0, mask, grad_h, grad_logp, dtype, backend)
     trackers = []
     fused(*args, workspace_bytes=workspace, trackers=trackers)
@@ -278,7 +278,7 @@ def _compare_to_materialised(got, reference, what):
 
 
 def test_out_of_range_targets_give_nan_only_where_a_gradient_flows(backend, device):
-    hidden, weight, bias, targets, mask, grad_h, grad_logp = problem((3, 6), 8, 50, seed=9)
+    hidden, weight, bias, targets, mask, grad_h, grad_logp = problem((3, 6), 8, 50, seed=9, device=device)
     targets[0, 2], targets[1, 3], targets[2, 4] = 50, -100, 77
     mask[0, 2] = mask[1, 3] = True
     mask[2, 4] = False  # masked: outputs 0, no NaN, whatever the target
@@ -298,7 +298,7 @@ def test_out_of_range_targets_give_nan_only_where_a_gradient_flows(backend, devi
 
 
 def test_neg_inf_bias_entries_and_rows_without_a_distribution(backend, device):
-    hidden, weight, bias, targets, mask, grad_h, grad_logp = problem((30,), 8, 64, seed=10)
+    hidden, weight, bias, targets, mask, grad_h, grad_logp = problem((30,), 8, 64, seed=10, device=device)
     bias[::5] = float("-inf")
     targets[3] = 10  # a -inf logit: logp = -inf, finite gradient
     mask[3] = True
@@ -314,7 +314,7 @@ def test_neg_inf_bias_entries_and_rows_without_a_distribution(backend, device):
     for b, nan_rows in ((bias, [5]), (all_neg_inf, list(range(30)))):
         args = (hidden, weight, b, targets, 1.0, mask, grad_h, grad_logp, torch.float32, backend)
         logp, h, _ = fused(*args, workspace_bytes=workspace)
-        undefined = torch.zeros(30, dtype=torch.bool)
+        undefined = torch.zeros(30, dtype=torch.bool, device=device)
         undefined[nan_rows] = True
         undefined &= mask
         assert torch.equal(torch.isnan(h), undefined) and torch.equal(torch.isnan(logp), undefined)
@@ -322,8 +322,8 @@ def test_neg_inf_bias_entries_and_rows_without_a_distribution(backend, device):
 
 
 def test_fully_masked_rows_and_no_rows(backend, device):
-    hidden, weight, bias, targets, _, grad_h, grad_logp = problem((12,), 8, 20, seed=11)
-    none = torch.zeros(12, dtype=torch.bool)
+    hidden, weight, bias, targets, _, grad_h, grad_logp = problem((12,), 8, 20, seed=11, device=device)
+    none = torch.zeros(12, dtype=torch.bool, device=device)
     logp, h, grads = fused(hidden, weight, bias, targets, 1.0, none, grad_h, grad_logp, torch.float32, backend)
     assert (logp == 0).all() and (h == 0).all() and all((g == 0).all() for g in grads)
     empty = fused(hidden[:0], weight, bias, targets[:0], 1.0, None, grad_h[:0], grad_logp[:0], torch.float32,
@@ -333,7 +333,7 @@ def test_fully_masked_rows_and_no_rows(backend, device):
 
 
 def test_bitwise_deterministic(backend, device):
-    hidden, weight, bias, targets, mask, grad_h, grad_logp = problem((3, 7), 16, 90, seed=12, sliced=True)
+    hidden, weight, bias, targets, mask, grad_h, grad_logp = problem((3, 7), 16, 90, seed=12, sliced=True, device=device)
     args = (hidden, weight, bias, targets, 0.9, mask, grad_h, grad_logp, torch.bfloat16, backend)
     workspace = 4 * 90 * logit_bytes(torch.bfloat16, backend) + 8 * 16 * 90
     first, second = (fused(*args, workspace_bytes=workspace) for _ in range(2))
@@ -341,9 +341,9 @@ def test_bitwise_deterministic(backend, device):
 
 
 def test_upstream_gradients_as_expanded_or_strided_views(backend, device):
-    hidden, weight, bias, targets, mask, _, _ = problem((3, 5), 8, 40, seed=13)
-    expanded = torch.tensor(0.3).expand(3, 5)
-    strided = torch.randn(3, 10, generator=torch.Generator().manual_seed(0))[:, ::2]
+    hidden, weight, bias, targets, mask, _, _ = problem((3, 5), 8, 40, seed=13, device=device)
+    expanded = torch.tensor(0.3, device=device).expand(3, 5)
+    strided = torch.randn(3, 10, generator=torch.Generator().manual_seed(0)).to(device)[:, ::2]
     views = fused(hidden, weight, bias, targets, 1.0, mask, expanded, strided, torch.float32, backend)
     dense = fused(hidden, weight, bias, targets, 1.0, mask, expanded.contiguous(), strided.contiguous(),
                   torch.float32, backend)
