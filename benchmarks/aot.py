@@ -71,7 +71,10 @@ class Launch:
 def recording(case: list[str], num_sms: int):
     """Record (instead of run) every kernel launch of the package; ``case[0]`` labels the launches."""
     from aer_kernels import _triton
+    from aer_kernels._validate import interpreter_enabled
 
+    if interpreter_enabled():  # the kernels are interpreted functions: recording would run them instead
+        raise RuntimeError("compiling ahead of time needs the real compiler: unset TRITON_INTERPRET")
     launches: list[Launch] = []
     kernels = package_kernels().values()
 
