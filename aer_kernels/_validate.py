@@ -84,8 +84,11 @@ def check_logits(logits) -> None:
         raise ValueError(f"logits: the vocabulary (last) dim is empty, shape {shape_text(logits.shape)}")
 
 
-def check_row_tensor(name: str, t, logits: torch.Tensor, *, kind: str) -> None:
-    """``targets`` (kind='int') or ``mask`` (kind='bool') must match ``logits.shape[:-1]`` and device."""
+def check_row_tensor(name: str, t, logits: torch.Tensor, *, kind: str, of: str = "logits") -> None:
+    """``targets`` (kind='int') or ``mask`` (kind='bool') must match ``logits.shape[:-1]`` and device.
+
+    ``of`` names ``logits`` in the messages (``"hidden"`` for the fused LM-head ops).
+    """
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if kind == "int" and (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool):
@@ -93,10 +96,10 @@ def check_row_tensor(name: str, t, logits: torch.Tensor, *, kind: str) -> None:
     if kind == "bool" and t.dtype != torch.bool:
         raise TypeError(f"{name} must be a bool tensor, got {t.dtype}")
     if t.shape != logits.shape[:-1]:
-        raise ValueError(f"{name} must have shape logits.shape[:-1] = {shape_text(logits.shape[:-1])}, "
+        raise ValueError(f"{name} must have shape {of}.shape[:-1] = {shape_text(logits.shape[:-1])}, "
                          f"got {shape_text(t.shape)}")
     if t.device != logits.device:
-        raise ValueError(f"{name} is on {t.device} but logits are on {logits.device}")
+        raise ValueError(f"{name} is on {t.device} but {of} is on {logits.device}")
 
 
 def check_args(logits, targets, mask, temperature, backend) -> tuple[float, str]:

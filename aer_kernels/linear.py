@@ -37,7 +37,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from ._layout import RowLayout, row_layout, with_row_layout
-from ._validate import check_temperature, resolve_backend, shape_text
+from ._validate import check_row_tensor, check_temperature, resolve_backend, shape_text
 from .entropy import (_OP_TAGS, _failed_call_outputs, _impl, _temperature, _temperature_args,
                       undefined_logp_grad)
 from .reference import accumulation_dtype
@@ -337,21 +337,6 @@ def _check_shapes(hidden, weight, bias, empty_vocab_ok: bool) -> None:
             raise ValueError(f"{name} is on {t.device} but hidden is on {hidden.device}")
 
 
-def _check_rows(name: str, t, hidden: Tensor, *, kind: str) -> None:
-    """``targets`` (kind='int') or ``mask`` (kind='bool'): shape ``hidden.shape[:-1]``, on hidden's device."""
-    if not isinstance(t, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if kind == "int" and (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool):
-        raise TypeError(f"{name} must be an integer tensor, got {t.dtype}")
-    if kind == "bool" and t.dtype != torch.bool:
-        raise TypeError(f"{name} must be a bool tensor, got {t.dtype}")
-    if t.shape != hidden.shape[:-1]:
-        raise ValueError(f"{name} must have shape hidden.shape[:-1] = {shape_text(hidden.shape[:-1])}, "
-                         f"got {shape_text(t.shape)}")
-    if t.device != hidden.device:
-        raise ValueError(f"{name} is on {t.device} but hidden is on {hidden.device}")
-
-
 def _autocast_dtype(t: Tensor) -> torch.dtype:
     """The dtype ``F.linear`` would compute in: the autocast dtype for eligible floats, else the tensor's own."""
     device_type = t.device.type
@@ -394,9 +379,9 @@ def _prepare(hidden, weight, bias, targets, mask, temperature, workspace_bytes, 
     """Checked, autocast arguments: ``(hidden, weight, bias, flat targets, flat mask, T, backend, workspace)``."""
     _check_shapes(hidden, weight, bias, empty_vocab_ok)
     if targets is not None:
-        _check_rows("targets", targets, hidden, kind="int")
+        check_row_tensor("targets", targets, hidden, kind="int", of="hidden")
     if mask is not None:
-        _check_rows("mask", mask, hidden, kind="bool")
+        check_row_tensor("mask", mask, hidden, kind="bool", of="hidden")
     temperature = check_temperature(temperature)
     backend = resolve_backend(backend, hidden)
     dtype = _check_dtypes(hidden, weight, bias)
