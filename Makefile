@@ -12,7 +12,7 @@ VERL_LOSS_DEPS ?= ray "tensordict>=0.8,<=0.10,!=0.9.0" omegaconf codetiming pill
 
 INTEGRATION := tests/test_integration_*.py
 
-.PHONY: setup test test-reference test-interpreter test-integration demo bench clean
+.PHONY: setup lint test test-reference test-interpreter test-integration demo bench clean
 
 $(READY): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv --system-site-packages $(VENV)
@@ -25,10 +25,15 @@ $(READY): pyproject.toml
 
 setup: $(READY)
 
-# The reference path, the controller and the demo; then the Triton kernels under the CPU interpreter
-# (TRITON_INTERPRET must be set before triton is imported, hence a process of their own); then AER inside
-# TRL's and verl's trainers.
-test: test-reference test-interpreter test-integration
+# The lint check; the reference path, the controller and the demo; then the Triton kernels under the CPU
+# interpreter (TRITON_INTERPRET must be set before triton is imported, hence a process of their own); then AER
+# inside TRL's and verl's trainers.
+test: lint test-reference test-interpreter test-integration
+
+# Config in pyproject.toml; `ruff format .` and `ruff check --fix .` repair most of what this reports.
+lint: $(READY)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
 test-reference: $(READY)
 	$(PY) -m pytest -q -m "not interpreter" --ignore-glob="$(INTEGRATION)" tests

@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from numbers import Integral, Real
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
@@ -100,8 +101,16 @@ class AERConfig:
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
         if isinstance(self.anchor_steps, bool) or not isinstance(self.anchor_steps, int) or self.anchor_steps < 1:
             raise ValueError(f"anchor_steps must be an int >= 1, got {self.anchor_steps!r}")
-        for name in ("threshold", "success_threshold", "target_ratio", "coef_init", "coef_step",
-                     "coef_min", "coef_max", "tolerance"):
+        for name in (
+            "threshold",
+            "success_threshold",
+            "target_ratio",
+            "coef_init",
+            "coef_step",
+            "coef_min",
+            "coef_max",
+            "tolerance",
+        ):
             _check_real(name, getattr(self, name))
         if not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"threshold must lie in [0, 1], got {self.threshold!r}")
@@ -206,8 +215,11 @@ class AERController:
         valid = (acc >= 0) & (acc <= 1)  # False for NaN
         w = torch.where(valid, w, math.nan)
         invalid = (~valid).sum()
-        self._invalid_accuracies = (invalid if self._invalid_accuracies is None
-                                    else self._invalid_accuracies + invalid.to(self._invalid_accuracies.device))
+        self._invalid_accuracies = (
+            invalid
+            if self._invalid_accuracies is None
+            else self._invalid_accuracies + invalid.to(self._invalid_accuracies.device)
+        )
         if self.config.normalize_weights and w.numel() > 0:
             scale = w.abs().mean()
             # torch.where instead of a Python `if` keeps this free of host syncs; a NaN scale stays NaN.
@@ -267,8 +279,9 @@ class AERController:
         if not (math.isfinite(total_count) and total_count >= 0):
             raise ValueError(f"token_count must be a finite number >= 0 (summed over ranks), got {total_count!r}")
         if math.isfinite(total_sum) and total_sum < 0:
-            raise ValueError(f"entropy_sum must be >= 0 (entropies are never negative; summed over ranks), "
-                             f"got {total_sum!r}")
+            raise ValueError(
+                f"entropy_sum must be >= 0 (entropies are never negative; summed over ranks), got {total_sum!r}"
+            )
         entropy = total_sum / total_count if total_count > 0 else math.nan
         if not math.isfinite(entropy):
             self._skip(total_sum, total_count)
@@ -394,12 +407,21 @@ class AERController:
         missing = sorted(_STATE_KEYS - state.keys())
         unknown = sorted(state.keys() - _STATE_KEYS)
         if missing or unknown:
-            raise ValueError(f"AER state does not match format {STATE_FORMAT_VERSION}: missing keys {missing}, "
-                             f"unknown keys {unknown}")
+            raise ValueError(
+                f"AER state does not match format {STATE_FORMAT_VERSION}: missing keys {missing}, "
+                f"unknown keys {unknown}"
+            )
         # Check every value before assigning any, so a corrupt state leaves this controller as it was.
         values = _checked_state(state, self.config)
-        (self._coef, self._step, self._anchor_entropy_sum, self._anchor_token_count, self._initial_entropy,
-         self._last_entropy, self._skipped_updates) = values
+        (
+            self._coef,
+            self._step,
+            self._anchor_entropy_sum,
+            self._anchor_token_count,
+            self._initial_entropy,
+            self._last_entropy,
+            self._skipped_updates,
+        ) = values
         self._weight_mean = None
         self._frac_weighted = None
         self._invalid_accuracies = None
@@ -416,8 +438,9 @@ def _checked_state(
 ) -> tuple[float, int, float, float, float | None, float | None, int]:
     """The state's values in `state_dict()` order, as Python numbers, after every check `load_state_dict` names."""
     lo, hi = config.coef_min, config.coef_max
-    coef = _state_number(state, "coef", low=lo, high=hi,
-                         bounds=f"in this AERConfig's [coef_min, coef_max] = [{lo!r}, {hi!r}]")
+    coef = _state_number(
+        state, "coef", low=lo, high=hi, bounds=f"in this AERConfig's [coef_min, coef_max] = [{lo!r}, {hi!r}]"
+    )
     step = _state_count(state, "step")
     skipped = _state_count(state, "skipped_updates")
     anchor_sum = _state_number(state, "anchor_entropy_sum")
@@ -426,30 +449,36 @@ def _checked_state(
     last = None if state["last_entropy"] is None else _state_number(state, "last_entropy")
 
     if (last is None) != (step == 0):
-        raise ValueError(f"AER state last_entropy must be None exactly when step is 0, "
-                         f"got last_entropy={last!r} with step={step}")
+        raise ValueError(
+            f"AER state last_entropy must be None exactly when step is 0, got last_entropy={last!r} with step={step}"
+        )
     if (anchor_count == 0) != (step == 0):
-        raise ValueError(f"AER state anchor_token_count must be 0 exactly when step is 0 (every accepted update "
-                         f"has tokens), got anchor_token_count={anchor_count!r} with step={step}")
+        raise ValueError(
+            f"AER state anchor_token_count must be 0 exactly when step is 0 (every accepted update "
+            f"has tokens), got anchor_token_count={anchor_count!r} with step={step}"
+        )
     if anchor_count == 0 and anchor_sum != 0:
         raise ValueError(f"AER state anchor_entropy_sum must be 0 while anchor_token_count is 0, got {anchor_sum!r}")
     if initial is not None:
         if step < config.anchor_steps:
-            raise ValueError(f"AER state initial_entropy is set after step={step} updates, fewer than this "
-                             f"AERConfig's anchor_steps={config.anchor_steps}: not the config it was saved with")
+            raise ValueError(
+                f"AER state initial_entropy is set after step={step} updates, fewer than this "
+                f"AERConfig's anchor_steps={config.anchor_steps}: not the config it was saved with"
+            )
         anchored = anchor_sum / anchor_count
         if not math.isclose(initial, anchored, rel_tol=1e-9):
-            raise ValueError(f"AER state initial_entropy={initial!r} is not anchor_entropy_sum / anchor_token_count "
-                             f"= {anchored!r}")
+            raise ValueError(
+                f"AER state initial_entropy={initial!r} is not anchor_entropy_sum / anchor_token_count = {anchored!r}"
+            )
     return coef, step, anchor_sum, anchor_count, initial, last, skipped
 
 
-def _state_number(state: Mapping[str, Any], key: str, *, low: float = 0.0, high: float = math.inf,
-                  bounds: str = ">= 0") -> float:
+def _state_number(
+    state: Mapping[str, Any], key: str, *, low: float = 0.0, high: float = math.inf, bounds: str = ">= 0"
+) -> float:
     value = state[key]
     # bool is an int subclass and a string converts with float(): neither is something state_dict() writes.
-    if (isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value)
-            or not low <= value <= high):
+    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value) or not low <= value <= high:
         raise ValueError(f"AER state {key} must be a finite number {bounds}, got {value!r}")
     return float(value)
 

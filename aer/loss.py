@@ -34,8 +34,9 @@ def group_accuracy(
     """
     if (group_size is None) == (group_ids is None):
         given = "neither" if group_size is None else "both"
-        raise ValueError("give exactly one of group_size (prompt-major responses) or group_ids (one id per response), "
-                         f"got {given}")
+        raise ValueError(
+            f"give exactly one of group_size (prompt-major responses) or group_ids (one id per response), got {given}"
+        )
     if not isinstance(rewards, torch.Tensor):
         raise ValueError(f"rewards must be a tensor, got {type(rewards).__name__}")
     if group_ids is not None:
@@ -46,19 +47,28 @@ def group_accuracy(
             raise ValueError(f"rewards has {rewards.numel()} elements, not a multiple of group_size={group_size}")
         rewards = rewards.view(-1, group_size)
     elif rewards.dim() != 2 or rewards.shape[1] != group_size:
-        raise ValueError(f"rewards must be [P * G] or [P, G] with G = group_size = {group_size}, "
-                         f"got shape {tuple(rewards.shape)}")
+        raise ValueError(
+            f"rewards must be [P * G] or [P, G] with G = group_size = {group_size}, got shape {tuple(rewards.shape)}"
+        )
     return (rewards.detach() >= success_threshold).float().mean(dim=1)
 
 
 def _accuracy_by_id(rewards: torch.Tensor, group_ids: torch.Tensor, success_threshold: float) -> torch.Tensor:
     if rewards.dim() != 1:
-        raise ValueError(f"rewards must be [N] (one reward per response) with group_ids, "
-                         f"got shape {tuple(rewards.shape)}")
-    if (not isinstance(group_ids, torch.Tensor) or group_ids.shape != rewards.shape
-            or group_ids.is_floating_point() or group_ids.is_complex() or group_ids.dtype == torch.bool):
-        raise ValueError(f"group_ids must be an integer tensor of the rewards' shape {tuple(rewards.shape)}, "
-                         f"got {_describe(group_ids)}")
+        raise ValueError(
+            f"rewards must be [N] (one reward per response) with group_ids, got shape {tuple(rewards.shape)}"
+        )
+    if (
+        not isinstance(group_ids, torch.Tensor)
+        or group_ids.shape != rewards.shape
+        or group_ids.is_floating_point()
+        or group_ids.is_complex()
+        or group_ids.dtype == torch.bool
+    ):
+        raise ValueError(
+            f"group_ids must be an integer tensor of the rewards' shape {tuple(rewards.shape)}, "
+            f"got {_describe(group_ids)}"
+        )
     ids, group = torch.unique(group_ids.to(rewards.device), return_inverse=True)  # group [N] in 0..P-1
     groups = ids.numel()
     correct = (rewards.detach() >= success_threshold).float()
@@ -95,8 +105,9 @@ def entropy_bonus(
     """
     _check_entropy_and_mask(entropy, mask)
     if not isinstance(coef, torch.Tensor) or coef.shape != entropy.shape[:1]:
-        raise ValueError(f"coef must be a tensor [N] = [{entropy.shape[0]}] (one λ per response), "
-                         f"got {_describe(coef)}")
+        raise ValueError(
+            f"coef must be a tensor [N] = [{entropy.shape[0]}] (one λ per response), got {_describe(coef)}"
+        )
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     mask = mask.detach().float()

@@ -50,7 +50,9 @@ def launch_config(n_rows: int, vocab: int, elem_size: int, num_sms: int) -> Laun
     ``num_sms`` is the GPU's multiprocessor count (1 under the CPU interpreter). Forward and backward share it.
     """
     if n_rows < 0 or vocab < 0 or elem_size not in (2, 4) or num_sms < 1:
-        raise ValueError(f"launch_config: bad sizes n_rows={n_rows} vocab={vocab} elem_size={elem_size} num_sms={num_sms}")
+        raise ValueError(
+            f"launch_config: bad sizes n_rows={n_rows} vocab={vocab} elem_size={elem_size} num_sms={num_sms}"
+        )
     vectors = _next_pow2(max(1, -(-vocab // (LANES * (16 // elem_size)))))  # 16-byte vectors per lane row
     num_warps = min(_WARPS, vectors)
     unroll = min(_UNROLL, vectors // num_warps)

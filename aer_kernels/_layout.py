@@ -28,7 +28,7 @@ class RowLayout(NamedTuple):
             t.storage_offset(),
         )
 
-    def contiguous(self) -> "RowLayout":
+    def contiguous(self) -> RowLayout:
         """The same row decomposition over a contiguous ``[N, V]`` buffer (e.g. a fresh gradient)."""
         return self._replace(outer_stride=self.inner_size * self.vocab, inner_stride=self.vocab)
 

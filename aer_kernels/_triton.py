@@ -101,8 +101,7 @@ def _load_target_logit(row, active, x_row, targets_ptr, V):
 
 
 @triton.jit
-def _write_row(row, m, s, w, active, x_y, y_valid, h_ptr, logp_ptr, stats_ptr, inv_t,
-               HAS_TARGETS: tl.constexpr):
+def _write_row(row, m, s, w, active, x_y, y_valid, h_ptr, logp_ptr, stats_ptr, inv_t, HAS_TARGETS: tl.constexpr):
     """Final per-row outputs from the merged ``(m, s, w)``; masked rows get 0."""
     m_ref = tl.where(m == float("-inf"), 0.0, m)
     log_s = LN2 * tl.log2(s)
@@ -116,22 +115,34 @@ def _write_row(row, m, s, w, active, x_y, y_valid, h_ptr, logp_ptr, stats_ptr, i
         tl.store(logp_ptr + row, tl.where(active, logp, 0.0))
 
 
-@triton.heuristics({
-    "HAS_TARGETS": lambda args: args["targets_ptr"] is not None,
-    "HAS_MASK": lambda args: args["mask_ptr"] is not None,
-    "SPLIT": lambda args: args["part_ptr"] is not None,
-})
+@triton.heuristics(
+    {
+        "HAS_TARGETS": lambda args: args["targets_ptr"] is not None,
+        "HAS_MASK": lambda args: args["mask_ptr"] is not None,
+        "SPLIT": lambda args: args["part_ptr"] is not None,
+    }
+)
 @triton.jit
 def entropy_fwd_kernel(
-    x_ptr, targets_ptr, mask_ptr,
-    h_ptr, logp_ptr,  # [N] fp32
+    x_ptr,
+    targets_ptr,
+    mask_ptr,
+    h_ptr,
+    logp_ptr,  # [N] fp32
     stats_ptr,  # [N, 2] fp32: (m, log_s)
     part_ptr,  # [N, splits, 3] fp32 partials (m, s, w) when the row is split
-    V, inner_size, outer_stride, inner_stride,
+    V,
+    inner_size,
+    outer_stride,
+    inner_stride,
     inv_t,  # 1 / T, a runtime value: no recompile per temperature
     split_len,
-    HAS_TARGETS: tl.constexpr, HAS_MASK: tl.constexpr, SPLIT: tl.constexpr,
-    VEC: tl.constexpr, UNROLL: tl.constexpr, WARPS: tl.constexpr,
+    HAS_TARGETS: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    SPLIT: tl.constexpr,
+    VEC: tl.constexpr,
+    UNROLL: tl.constexpr,
+    WARPS: tl.constexpr,
 ):
     C: tl.constexpr = 32 * VEC
     BLOCK: tl.constexpr = UNROLL * WARPS * C
@@ -166,8 +177,9 @@ def entropy_fwd_kernel(
         m, s, w = _online_update(x, m, s, w, scale)
 
     # The warps merge once per row: [1, WARPS, 1|C] -> [WARPS] -> scalars.
-    m, s, w = _merge(tl.max(tl.max(m, axis=2), axis=0), tl.sum(tl.sum(s, axis=2), axis=0),
-                     tl.sum(tl.sum(w, axis=2), axis=0), scale)
+    m, s, w = _merge(
+        tl.max(tl.max(m, axis=2), axis=0), tl.sum(tl.sum(s, axis=2), axis=0), tl.sum(tl.sum(w, axis=2), axis=0), scale
+    )
     if SPLIT:
         part = part_ptr + (row.to(tl.int64) * tl.num_programs(1) + split) * 3
         tl.store(part, m)
@@ -177,15 +189,30 @@ def entropy_fwd_kernel(
         _write_row(row, m, s, w, active, x_y, y_valid, h_ptr, logp_ptr, stats_ptr, inv_t, HAS_TARGETS)
 
 
-@triton.heuristics({
-    "HAS_TARGETS": lambda args: args["targets_ptr"] is not None,
-    "HAS_MASK": lambda args: args["mask_ptr"] is not None,
-})
+@triton.heuristics(
+    {
+        "HAS_TARGETS": lambda args: args["targets_ptr"] is not None,
+        "HAS_MASK": lambda args: args["mask_ptr"] is not None,
+    }
+)
 @triton.jit
 def entropy_merge_kernel(
-    x_ptr, targets_ptr, mask_ptr, h_ptr, logp_ptr, stats_ptr, part_ptr,
-    V, inner_size, outer_stride, inner_stride, inv_t, n_splits,
-    HAS_TARGETS: tl.constexpr, HAS_MASK: tl.constexpr, BLOCK_S: tl.constexpr,
+    x_ptr,
+    targets_ptr,
+    mask_ptr,
+    h_ptr,
+    logp_ptr,
+    stats_ptr,
+    part_ptr,
+    V,
+    inner_size,
+    outer_stride,
+    inner_stride,
+    inv_t,
+    n_splits,
+    HAS_TARGETS: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    BLOCK_S: tl.constexpr,
 ):
     row = tl.program_id(0)
     x_row = x_ptr + _row_start(row, inner_size, outer_stride, inner_stride)
@@ -207,31 +234,50 @@ def entropy_merge_kernel(
 
 @triton.jit
 def _grad_tile(x, cols, m, inv_t, c_p, c_0, k_d, y, gl_t):
-    """``dx`` of a tile: ``p (c_0 + k_d zd) + gl_t 1[col = y]`` with ``zd = (x - m) / T``, ``p = 2^(zd log2e - c_p)``."""
+    """``dx`` of a tile: ``p (c_0 + k_d zd) + gl_t 1[col = y]``,
+    with ``zd = (x - m) / T`` and ``p = 2^(zd log2e - c_p)``."""
     zd = tl.maximum((x - m) * inv_t, _FLOOR)  # -inf logits: p = 0 times a finite factor; NaN still reaches p
     p = tl.exp2(zd * LOG2E - c_p)
     g = p * (c_0 + k_d * zd)
     return tl.where(cols == y, g + gl_t, g)
 
 
-@triton.heuristics({
-    "HAS_MASK": lambda args: args["mask_ptr"] is not None,
-    "HAS_GH": lambda args: args["gh_ptr"] is not None,
-    "HAS_GL": lambda args: args["gl_ptr"] is not None,
-    # The gradient's rows start at the same offset modulo a vector as the logits' (always true in place).
-    "DX_ALIGNED": lambda args: all((args[f"x_{k}_stride"] - args[f"dx_{k}_stride"]) % args["VEC"] == 0
-                                   for k in ("outer", "inner")),
-})
+@triton.heuristics(
+    {
+        "HAS_MASK": lambda args: args["mask_ptr"] is not None,
+        "HAS_GH": lambda args: args["gh_ptr"] is not None,
+        "HAS_GL": lambda args: args["gl_ptr"] is not None,
+        # The gradient's rows start at the same offset modulo a vector as the logits' (always true in place).
+        "DX_ALIGNED": lambda args: all(
+            (args[f"x_{k}_stride"] - args[f"dx_{k}_stride"]) % args["VEC"] == 0 for k in ("outer", "inner")
+        ),
+    }
+)
 @triton.jit
 def entropy_bwd_kernel(
-    x_ptr, dx_ptr, targets_ptr, mask_ptr,
+    x_ptr,
+    dx_ptr,
+    targets_ptr,
+    mask_ptr,
     stats_ptr,  # [N, 2] fp32 (m, log_s) of the forward
     h_ptr,  # [N] fp32 entropy of the forward
-    gh_ptr, gl_ptr,  # [N] upstream gradients of H and logp
-    V, inner_size, x_outer_stride, x_inner_stride, dx_outer_stride, dx_inner_stride,
-    inv_t, split_len,
-    HAS_MASK: tl.constexpr, HAS_GH: tl.constexpr, HAS_GL: tl.constexpr, DX_ALIGNED: tl.constexpr,
-    VEC: tl.constexpr, UNROLL: tl.constexpr, WARPS: tl.constexpr,
+    gh_ptr,
+    gl_ptr,  # [N] upstream gradients of H and logp
+    V,
+    inner_size,
+    x_outer_stride,
+    x_inner_stride,
+    dx_outer_stride,
+    dx_inner_stride,
+    inv_t,
+    split_len,
+    HAS_MASK: tl.constexpr,
+    HAS_GH: tl.constexpr,
+    HAS_GL: tl.constexpr,
+    DX_ALIGNED: tl.constexpr,
+    VEC: tl.constexpr,
+    UNROLL: tl.constexpr,
+    WARPS: tl.constexpr,
 ):
     BLOCK: tl.constexpr = UNROLL * WARPS * 32 * VEC
     row = tl.program_id(0)
@@ -309,35 +355,76 @@ def _as_bytes(mask: torch.Tensor | None) -> torch.Tensor | None:
     return None if mask is None else mask.view(torch.uint8)
 
 
-def forward(logits: torch.Tensor, layout: RowLayout, targets, mask, temperature: float,
-            h, logp, stats, config: LaunchConfig | None = None) -> None:
+def forward(
+    logits: torch.Tensor,
+    layout: RowLayout,
+    targets,
+    mask,
+    temperature: float,
+    h,
+    logp,
+    stats,
+    config: LaunchConfig | None = None,
+) -> None:
     """Fill ``h``, ``stats`` (``[N, 2]``: ``m, log_s``) and, when ``targets``, ``logp``, per row."""
     n, v = layout.n_rows, layout.vocab
     if n == 0:
         return
     cfg = config or launch_config(n, v, logits.element_size(), _num_sms(logits.device))
-    rows = dict(V=v, inner_size=layout.inner_size, outer_stride=layout.outer_stride,
-                inner_stride=layout.inner_stride, inv_t=1.0 / temperature)
+    rows = dict(
+        V=v,
+        inner_size=layout.inner_size,
+        outer_stride=layout.outer_stride,
+        inner_stride=layout.inner_stride,
+        inv_t=1.0 / temperature,
+    )
     part = torch.empty((n, cfg.splits, 3), device=logits.device, dtype=torch.float32) if cfg.splits > 1 else None
     with on_device_of(logits):
         entropy_fwd_kernel[(n, cfg.splits)](
-            x_ptr=logits, targets_ptr=targets, mask_ptr=_as_bytes(mask),
-            h_ptr=h, logp_ptr=logp, stats_ptr=stats, part_ptr=part,
-            **rows, split_len=cfg.split_len,
-            VEC=cfg.vec, UNROLL=cfg.unroll, WARPS=cfg.num_warps, num_warps=cfg.num_warps,
+            x_ptr=logits,
+            targets_ptr=targets,
+            mask_ptr=_as_bytes(mask),
+            h_ptr=h,
+            logp_ptr=logp,
+            stats_ptr=stats,
+            part_ptr=part,
+            **rows,
+            split_len=cfg.split_len,
+            VEC=cfg.vec,
+            UNROLL=cfg.unroll,
+            WARPS=cfg.num_warps,
+            num_warps=cfg.num_warps,
         )
         if part is not None:
             entropy_merge_kernel[(n,)](
-                x_ptr=logits, targets_ptr=targets, mask_ptr=_as_bytes(mask),
-                h_ptr=h, logp_ptr=logp, stats_ptr=stats, part_ptr=part,
-                **rows, n_splits=cfg.splits,
-                BLOCK_S=triton.next_power_of_2(cfg.splits), num_warps=1,
+                x_ptr=logits,
+                targets_ptr=targets,
+                mask_ptr=_as_bytes(mask),
+                h_ptr=h,
+                logp_ptr=logp,
+                stats_ptr=stats,
+                part_ptr=part,
+                **rows,
+                n_splits=cfg.splits,
+                BLOCK_S=triton.next_power_of_2(cfg.splits),
+                num_warps=1,
             )
 
 
-def backward(logits: torch.Tensor, layout: RowLayout, grad: torch.Tensor, grad_layout: RowLayout,
-             targets, mask, stats, h, grad_h, grad_logp, temperature: float,
-             config: LaunchConfig | None = None) -> None:
+def backward(
+    logits: torch.Tensor,
+    layout: RowLayout,
+    grad: torch.Tensor,
+    grad_layout: RowLayout,
+    targets,
+    mask,
+    stats,
+    h,
+    grad_h,
+    grad_logp,
+    temperature: float,
+    config: LaunchConfig | None = None,
+) -> None:
     """Write the logits' gradient into ``grad`` (which may be ``logits`` itself)."""
     n, v = layout.n_rows, layout.vocab
     if n == 0:
@@ -345,11 +432,24 @@ def backward(logits: torch.Tensor, layout: RowLayout, grad: torch.Tensor, grad_l
     cfg = config or launch_config(n, v, logits.element_size(), _num_sms(logits.device))
     with on_device_of(logits):
         entropy_bwd_kernel[(n, cfg.splits)](
-            x_ptr=logits, dx_ptr=grad, targets_ptr=targets if grad_logp is not None else None,
-            mask_ptr=_as_bytes(mask), stats_ptr=stats, h_ptr=h, gh_ptr=grad_h, gl_ptr=grad_logp,
-            V=v, inner_size=layout.inner_size,
-            x_outer_stride=layout.outer_stride, x_inner_stride=layout.inner_stride,
-            dx_outer_stride=grad_layout.outer_stride, dx_inner_stride=grad_layout.inner_stride,
-            inv_t=1.0 / temperature, split_len=cfg.split_len,
-            VEC=cfg.vec, UNROLL=cfg.unroll, WARPS=cfg.num_warps, num_warps=cfg.num_warps,
+            x_ptr=logits,
+            dx_ptr=grad,
+            targets_ptr=targets if grad_logp is not None else None,
+            mask_ptr=_as_bytes(mask),
+            stats_ptr=stats,
+            h_ptr=h,
+            gh_ptr=grad_h,
+            gl_ptr=grad_logp,
+            V=v,
+            inner_size=layout.inner_size,
+            x_outer_stride=layout.outer_stride,
+            x_inner_stride=layout.inner_stride,
+            dx_outer_stride=grad_layout.outer_stride,
+            dx_inner_stride=grad_layout.inner_stride,
+            inv_t=1.0 / temperature,
+            split_len=cfg.split_len,
+            VEC=cfg.vec,
+            UNROLL=cfg.unroll,
+            WARPS=cfg.num_warps,
+            num_warps=cfg.num_warps,
         )

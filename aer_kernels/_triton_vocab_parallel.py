@@ -20,10 +20,16 @@ _BLOCK = 1024
 @triton.jit
 def vocab_parallel_partials_kernel(
     stats_ptr,  # [N, 2]: (m_r, log_s_r)
-    h_ptr, logp_ptr, targets_ptr, row_max_ptr,  # [N]
+    h_ptr,
+    logp_ptr,
+    targets_ptr,
+    row_max_ptr,  # [N]
     sums_ptr,  # [K, N]: a, a * (shift + e_rel_r), owned * (x_y - M) / T, owned
-    N, V, inv_t,
-    HAS_TARGETS: tl.constexpr, BLOCK: tl.constexpr,
+    N,
+    V,
+    inv_t,
+    HAS_TARGETS: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
     rows = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)  # [BLOCK]
     in_range = rows < N
@@ -46,17 +52,24 @@ def vocab_parallel_partials_kernel(
         tl.store(sums_ptr + 3 * N + rows, owned.to(tl.float32), mask=in_range)
 
 
-@triton.heuristics({
-    "HAS_TARGETS": lambda args: args["logp_ptr"] is not None,
-    "HAS_MASK": lambda args: args["mask_ptr"] is not None,
-})
+@triton.heuristics(
+    {
+        "HAS_TARGETS": lambda args: args["logp_ptr"] is not None,
+        "HAS_MASK": lambda args: args["mask_ptr"] is not None,
+    }
+)
 @triton.jit
 def vocab_parallel_combine_kernel(
-    row_max_ptr, sums_ptr, mask_ptr,
-    h_ptr, logp_ptr,  # [N] fp32
+    row_max_ptr,
+    sums_ptr,
+    mask_ptr,
+    h_ptr,
+    logp_ptr,  # [N] fp32
     stats_ptr,  # [N, 2] fp32
     N,
-    HAS_TARGETS: tl.constexpr, HAS_MASK: tl.constexpr, BLOCK: tl.constexpr,
+    HAS_TARGETS: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
     rows = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)  # [BLOCK]
     in_range = rows < N
@@ -89,8 +102,16 @@ def partials(stats, h, logp, targets, row_max, vocab: int, temperature: float, s
         return
     with on_device_of(stats):
         vocab_parallel_partials_kernel[_grid(n)](
-            stats_ptr=stats, h_ptr=h, logp_ptr=logp if targets is not None else None, targets_ptr=targets,
-            row_max_ptr=row_max, sums_ptr=sums, N=n, V=vocab, inv_t=1.0 / temperature, BLOCK=_BLOCK,
+            stats_ptr=stats,
+            h_ptr=h,
+            logp_ptr=logp if targets is not None else None,
+            targets_ptr=targets,
+            row_max_ptr=row_max,
+            sums_ptr=sums,
+            N=n,
+            V=vocab,
+            inv_t=1.0 / temperature,
+            BLOCK=_BLOCK,
         )
 
 
@@ -101,6 +122,12 @@ def combine(row_max, sums, mask, h, logp, stats) -> None:
         return
     with on_device_of(row_max):
         vocab_parallel_combine_kernel[_grid(n)](
-            row_max_ptr=row_max, sums_ptr=sums, mask_ptr=mask.view(torch.uint8) if mask is not None else None,
-            h_ptr=h, logp_ptr=logp if sums.shape[0] == 4 else None, stats_ptr=stats, N=n, BLOCK=_BLOCK,
+            row_max_ptr=row_max,
+            sums_ptr=sums,
+            mask_ptr=mask.view(torch.uint8) if mask is not None else None,
+            h_ptr=h,
+            logp_ptr=logp if sums.shape[0] == 4 else None,
+            stats_ptr=stats,
+            N=n,
+            BLOCK=_BLOCK,
         )

@@ -18,7 +18,7 @@ MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-30, 1e30
 # Formatted once: torch.compile cannot format these constants in one f-string with a symbolic temperature.
 _TEMPERATURE_RANGE = f"[{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}]"
 _KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-_LOGITS_DTYPES = _KERNEL_DTYPES + (torch.float64,)
+_LOGITS_DTYPES = (*_KERNEL_DTYPES, torch.float64)
 
 
 def triton_available() -> bool:
@@ -76,8 +76,9 @@ def check_logits(logits) -> None:
     if not isinstance(logits, torch.Tensor):
         raise TypeError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
     if logits.dtype not in _LOGITS_DTYPES:  # float8 would be read, but no backend is tested on it
-        raise TypeError(f"logits must be float32, float16 or bfloat16 (float64 on the reference backend), "
-                        f"got {logits.dtype}")
+        raise TypeError(
+            f"logits must be float32, float16 or bfloat16 (float64 on the reference backend), got {logits.dtype}"
+        )
     if logits.dim() == 0:
         raise ValueError("logits must have shape [..., V], got a 0-d tensor")
     if logits.shape[-1] == 0:
@@ -96,8 +97,9 @@ def check_row_tensor(name: str, t, logits: torch.Tensor, *, kind: str, of: str =
     if kind == "bool" and t.dtype != torch.bool:
         raise TypeError(f"{name} must be a bool tensor, got {t.dtype}")
     if t.shape != logits.shape[:-1]:
-        raise ValueError(f"{name} must have shape {of}.shape[:-1] = {shape_text(logits.shape[:-1])}, "
-                         f"got {shape_text(t.shape)}")
+        raise ValueError(
+            f"{name} must have shape {of}.shape[:-1] = {shape_text(logits.shape[:-1])}, got {shape_text(t.shape)}"
+        )
     if t.device != logits.device:
         raise ValueError(f"{name} is on {t.device} but {of} is on {logits.device}")
 

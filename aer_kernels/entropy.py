@@ -16,8 +16,6 @@ has an autograd formula that only raises: double backward is not supported, and 
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import Tensor
 
@@ -38,11 +36,11 @@ def _impl(backend: str):
     return reference
 
 
-def _row_arg(t: Optional[Tensor]) -> Optional[Tensor]:
+def _row_arg(t: Tensor | None) -> Tensor | None:
     return None if t is None else t.reshape(-1).contiguous()
 
 
-def _temperature(temperature: float, temperature_tensor: Optional[Tensor]) -> float:
+def _temperature(temperature: float, temperature_tensor: Tensor | None) -> float:
     """T for the launchers: ``temperature_tensor``'s value when given (a CPU read, no device sync)."""
     if temperature_tensor is None:
         return temperature
@@ -52,17 +50,24 @@ def _temperature(temperature: float, temperature_tensor: Optional[Tensor]) -> fl
 
 
 @torch.library.custom_op("aer_kernels::forward", mutates_args=(), tags=_OP_TAGS)
-def _forward(logits: Tensor, targets: Optional[Tensor], mask: Optional[Tensor], temperature: float,
-             backend: str, inplace_backward: bool,
-             temperature_tensor: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor]:
+def _forward(
+    logits: Tensor,
+    targets: Tensor | None,
+    mask: Tensor | None,
+    temperature: float,
+    backend: str,
+    inplace_backward: bool,
+    temperature_tensor: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
     temperature = _temperature(temperature, temperature_tensor)
     layout = row_layout(logits)
     n = layout.n_rows
     out = dict(device=logits.device, dtype=reference.accumulation_dtype(logits.dtype))
     h, stats = torch.empty(n, **out), torch.empty((n, 2), **out)
     logp = torch.empty(n if targets is not None else 0, **out)
-    _impl(backend).forward(logits, layout, _row_arg(targets), _row_arg(mask), temperature,
-                           h, logp if targets is not None else None, stats)
+    _impl(backend).forward(
+        logits, layout, _row_arg(targets), _row_arg(mask), temperature, h, logp if targets is not None else None, stats
+    )
     return h, logp, stats
 
 
@@ -70,24 +75,48 @@ def _forward(logits: Tensor, targets: Optional[Tensor], mask: Optional[Tensor], 
 def _(logits, targets, mask, temperature, backend, inplace_backward, temperature_tensor=None):
     n = logits.numel() // logits.shape[-1]
     out = dict(device=logits.device, dtype=reference.accumulation_dtype(logits.dtype))
-    return (logits.new_empty(n, **out), logits.new_empty(n if targets is not None else 0, **out),
-            logits.new_empty((n, 2), **out))
+    return (
+        logits.new_empty(n, **out),
+        logits.new_empty(n if targets is not None else 0, **out),
+        logits.new_empty((n, 2), **out),
+    )
 
 
 def _backward_into(grad: Tensor, logits, targets, mask, stats, h, grad_h, grad_logp, temperature, backend):
     layout = row_layout(logits)
     grad_layout = layout if grad is logits else layout.contiguous()
-    _impl(backend).backward(logits, layout, grad, grad_layout, _row_arg(targets), _row_arg(mask), stats, h,
-                            _row_arg(grad_h), _row_arg(grad_logp), temperature)
+    _impl(backend).backward(
+        logits,
+        layout,
+        grad,
+        grad_layout,
+        _row_arg(targets),
+        _row_arg(mask),
+        stats,
+        h,
+        _row_arg(grad_h),
+        _row_arg(grad_logp),
+        temperature,
+    )
 
 
 @torch.library.custom_op("aer_kernels::backward", mutates_args=(), tags=_OP_TAGS)
-def _backward(logits: Tensor, targets: Optional[Tensor], mask: Optional[Tensor], stats: Tensor, h: Tensor,
-              grad_h: Optional[Tensor], grad_logp: Optional[Tensor], temperature: float, backend: str,
-              temperature_tensor: Optional[Tensor] = None) -> Tensor:
+def _backward(
+    logits: Tensor,
+    targets: Tensor | None,
+    mask: Tensor | None,
+    stats: Tensor,
+    h: Tensor,
+    grad_h: Tensor | None,
+    grad_logp: Tensor | None,
+    temperature: float,
+    backend: str,
+    temperature_tensor: Tensor | None = None,
+) -> Tensor:
     grad = torch.empty(logits.shape, device=logits.device, dtype=logits.dtype)
-    _backward_into(grad, logits, targets, mask, stats, h, grad_h, grad_logp,
-                   _temperature(temperature, temperature_tensor), backend)
+    _backward_into(
+        grad, logits, targets, mask, stats, h, grad_h, grad_logp, _temperature(temperature, temperature_tensor), backend
+    )
     return grad
 
 
@@ -109,11 +138,30 @@ torch.library.register_autograd("aer_kernels::backward", _no_double_backward)
 
 
 @torch.library.custom_op("aer_kernels::backward_", mutates_args=("logits",), tags=_OP_TAGS)
-def _backward_inplace(logits: Tensor, targets: Optional[Tensor], mask: Optional[Tensor], stats: Tensor,
-                      h: Tensor, grad_h: Optional[Tensor], grad_logp: Optional[Tensor], temperature: float,
-                      backend: str, temperature_tensor: Optional[Tensor] = None) -> None:
-    _backward_into(logits, logits, targets, mask, stats, h, grad_h, grad_logp,
-                   _temperature(temperature, temperature_tensor), backend)
+def _backward_inplace(
+    logits: Tensor,
+    targets: Tensor | None,
+    mask: Tensor | None,
+    stats: Tensor,
+    h: Tensor,
+    grad_h: Tensor | None,
+    grad_logp: Tensor | None,
+    temperature: float,
+    backend: str,
+    temperature_tensor: Tensor | None = None,
+) -> None:
+    _backward_into(
+        logits,
+        logits,
+        targets,
+        mask,
+        stats,
+        h,
+        grad_h,
+        grad_logp,
+        _temperature(temperature, temperature_tensor),
+        backend,
+    )
 
 
 def undefined_logp_grad(grad_logp: Tensor, logp_defined: Tensor) -> Tensor:
@@ -155,7 +203,7 @@ def _autograd_backward(ctx, grad_h, grad_logp, _grad_stats):
         grad = logits
     else:
         grad = torch.ops.aer_kernels.backward(logits, *args)
-    return (grad,) + no_grads[1:]
+    return (grad, *no_grads[1:])
 
 
 torch.library.register_autograd("aer_kernels::forward", _autograd_backward, setup_context=_setup_context)
@@ -198,7 +246,7 @@ def _check_inplace(logits: Tensor) -> None:
         raise ValueError("inplace_backward=True needs logits whose rows do not share memory (not an expanded view)")
 
 
-def _temperature_args(temperature: float) -> tuple[float, Optional[Tensor]]:
+def _temperature_args(temperature: float) -> tuple[float, Tensor | None]:
     """The ops' ``(temperature, temperature_tensor)``: under torch.compile a 0-d CPU tensor carries T (the float
     argument is then unused), so one graph serves every T."""
     if torch.compiler.is_compiling():
@@ -221,13 +269,13 @@ def _run(logits, targets, mask, temperature, backend, inplace_backward, *, with_
         return _failed_call_outputs(err, logits)
     lead = logits.shape[:-1]
     temperature, temperature_tensor = _temperature_args(temperature)
-    h, logp, _ = _forward(with_row_layout(logits), targets, mask, temperature, backend, inplace_backward,
-                          temperature_tensor)
+    h, logp, _ = _forward(
+        with_row_layout(logits), targets, mask, temperature, backend, inplace_backward, temperature_tensor
+    )
     return h.view(lead), (logp.view(lead) if targets is not None else None)
 
 
-def entropy(logits: Tensor, *, temperature: float = 1.0, mask: Optional[Tensor] = None,
-            backend: str = "auto") -> Tensor:
+def entropy(logits: Tensor, *, temperature: float = 1.0, mask: Tensor | None = None, backend: str = "auto") -> Tensor:
     """Per-row Shannon entropy (nats) of ``softmax(logits / temperature)``, differentiable.
 
     Equals ``torch.logsumexp(z, -1) - (torch.softmax(z, -1) * z).sum(-1)`` with ``z = logits.float() / T``,
@@ -254,9 +302,15 @@ def entropy(logits: Tensor, *, temperature: float = 1.0, mask: Optional[Tensor] 
     return _run(logits, None, mask, temperature, backend, False, with_targets=False)[0]
 
 
-def logprobs_and_entropy(logits: Tensor, targets: Tensor, *, temperature: float = 1.0,
-                         mask: Optional[Tensor] = None, backend: str = "auto",
-                         inplace_backward: bool = False) -> tuple[Tensor, Tensor]:
+def logprobs_and_entropy(
+    logits: Tensor,
+    targets: Tensor,
+    *,
+    temperature: float = 1.0,
+    mask: Tensor | None = None,
+    backend: str = "auto",
+    inplace_backward: bool = False,
+) -> tuple[Tensor, Tensor]:
     """``(logp, H)``: the target's log-prob ``log_softmax(z, -1).gather(-1, targets)`` and the entropy.
 
     ``z = logits.float() / T``; one pass over the vocabulary, both outputs differentiable, either may be left
@@ -281,4 +335,3 @@ def logprobs_and_entropy(logits: Tensor, targets: Tensor, *, temperature: float 
     """
     h, logp = _run(logits, targets, mask, temperature, backend, inplace_backward, with_targets=True)
     return logp, h
-

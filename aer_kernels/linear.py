@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -38,11 +37,16 @@ from torch import Tensor
 
 from ._layout import RowLayout, row_layout, with_row_layout
 from ._validate import check_row_tensor, check_temperature, resolve_backend, shape_text
-from .entropy import (_OP_TAGS, _failed_call_outputs, _impl, _temperature, _temperature_args,
-                      undefined_logp_grad)
+from .entropy import _OP_TAGS, _failed_call_outputs, _impl, _temperature, _temperature_args, undefined_logp_grad
 from .reference import accumulation_dtype
-from .vocab_parallel import (_check_vocab_start, _world_size, agreement_requested, check_agreement_of_ranks,
-                             combine_shards, empty_shard_statistics)
+from .vocab_parallel import (
+    _check_vocab_start,
+    _world_size,
+    agreement_requested,
+    check_agreement_of_ranks,
+    combine_shards,
+    empty_shard_statistics,
+)
 
 DEFAULT_WORKSPACE_BYTES = 256 << 20
 _HALF_ACCUMULATOR_BYTES = 8  # per weight element of a slice: an fp32 dW sum plus one fp32 (or narrower) product
@@ -64,8 +68,11 @@ class _HiddenRows:
         layout = row_layout(hidden)  # entropy.py's two-stride row decomposition, applied to [..., D]
         self.n, self.inner, width = layout.n_rows, layout.inner_size, hidden.shape[-1]
         self.h3 = layout.as_3d(hidden)
-        self.flat = hidden.as_strided((self.n, width), (layout.inner_stride, 1), hidden.storage_offset()) \
-            if _evenly_strided(layout) else None
+        self.flat = (
+            hidden.as_strided((self.n, width), (layout.inner_stride, 1), hidden.storage_offset())
+            if _evenly_strided(layout)
+            else None
+        )
 
     def blocks(self, r0: int, r1: int):
         """``(a, b, rows)``: ``rows`` is ``hidden``'s rows ``[r0 + a, r0 + b)`` as ``[b - a, D]``; together they
@@ -82,6 +89,7 @@ class _HiddenRows:
 
 
 # ---- sizes: what one workspace holds ---------------------------------------------------------------------------
+
 
 def _logit_bytes(dtype: torch.dtype, backend: str) -> int:
     """Workspace bytes per logit: the logit, and on the reference backend its row kernels' two fp32 copies."""
@@ -107,7 +115,8 @@ def _slice_width(workspace_bytes: int, n: int, vocab: int, logit_bytes: int, ext
 
 # ---- GEMM helpers ----------------------------------------------------------------------------------------------
 
-def _logits_into(out: Tensor, rows: _HiddenRows, r0: int, r1: int, weight: Tensor, bias: Optional[Tensor]) -> None:
+
+def _logits_into(out: Tensor, rows: _HiddenRows, r0: int, r1: int, weight: Tensor, bias: Tensor | None) -> None:
     """``out [r1 - r0, Vc] = hidden[r0:r1] @ weight.T (+ bias)``, written in place."""
     for a, b, block in rows.blocks(r0, r1):
         if bias is None:
@@ -116,7 +125,7 @@ def _logits_into(out: Tensor, rows: _HiddenRows, r0: int, r1: int, weight: Tenso
             torch.addmm(bias, block, weight.t(), out=out[a:b])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _fp32_accumulation(device_type: str, dtype: torch.dtype) -> str:
     """How a product of ``dtype`` matrices is added into an fp32 tensor here: ``"addmm"`` (the GEMM reads and
     writes the fp32 sum in place: CUDA, torch versions whose ``addmm`` takes ``out_dtype`` with an fp32 input),
@@ -124,8 +133,10 @@ def _fp32_accumulation(device_type: str, dtype: torch.dtype) -> str:
     if device_type != "cuda":
         return "rounded"
     one, acc = torch.ones(1, 1, dtype=dtype, device=device_type), torch.zeros(1, 1, device=device_type)
-    for way, probe in (("addmm", lambda: torch.addmm(acc, one, one, out_dtype=torch.float32, out=acc)),
-                       ("mm", lambda: torch.mm(one, one, out_dtype=torch.float32))):
+    for way, probe in (
+        ("addmm", lambda: torch.addmm(acc, one, one, out_dtype=torch.float32, out=acc)),
+        ("mm", lambda: torch.mm(one, one, out_dtype=torch.float32)),
+    ):
         try:
             probe()  # the dtype checks run on the host: an unsupported form raises here, without a sync
         except (TypeError, RuntimeError):
@@ -148,7 +159,7 @@ def _add_product(acc: Tensor, a: Tensor, b: Tensor) -> None:
         acc.add_(torch.mm(a, b))  # the product rounded once to the inputs' dtype, the running sum fp32
 
 
-def _weight_grad_into(out: Tensor, grad: Tensor, rows: _HiddenRows, scratch: Optional[Tensor]) -> None:
+def _weight_grad_into(out: Tensor, grad: Tensor, rows: _HiddenRows, scratch: Tensor | None) -> None:
     """``out [Vc, D] = gradᵀ hidden``, written once: one GEMM, or the blocks of a sliced view summed in fp32."""
     if rows.flat is not None:
         torch.mm(grad.t(), rows.flat, out=out)
@@ -163,6 +174,7 @@ def _weight_grad_into(out: Tensor, grad: Tensor, rows: _HiddenRows, scratch: Opt
 
 # ---- the forward: token chunks ---------------------------------------------------------------------------------
 
+
 def _forward_rows(hidden, weight, bias, targets, mask, temperature, backend, workspace_bytes, h, logp, stats):
     rows = _HiddenRows(hidden)
     n, vocab = rows.n, weight.shape[0]
@@ -173,9 +185,16 @@ def _forward_rows(hidden, weight, bias, targets, mask, temperature, backend, wor
         r1 = min(n, r0 + chunk)
         x = workspace[: (r1 - r0) * vocab].view(r1 - r0, vocab)
         _logits_into(x, rows, r0, r1, weight, bias)
-        kernels.forward(x, row_layout(x), None if targets is None else targets[r0:r1],
-                        None if mask is None else mask[r0:r1], temperature, h[r0:r1],
-                        None if targets is None else logp[r0:r1], stats[r0:r1])
+        kernels.forward(
+            x,
+            row_layout(x),
+            None if targets is None else targets[r0:r1],
+            None if mask is None else mask[r0:r1],
+            temperature,
+            h[r0:r1],
+            None if targets is None else logp[r0:r1],
+            stats[r0:r1],
+        )
 
 
 def _forward_outputs(hidden: Tensor, has_targets: bool):
@@ -185,9 +204,17 @@ def _forward_outputs(hidden: Tensor, has_targets: bool):
 
 
 @torch.library.custom_op("aer_kernels::linear_fwd", mutates_args=(), tags=_OP_TAGS)
-def _linear_fwd(hidden: Tensor, weight: Tensor, bias: Optional[Tensor], targets: Optional[Tensor],
-                mask: Optional[Tensor], temperature: float, backend: str, workspace_bytes: int,
-                temperature_tensor: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor]:
+def _linear_fwd(
+    hidden: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    targets: Tensor | None,
+    mask: Tensor | None,
+    temperature: float,
+    backend: str,
+    workspace_bytes: int,
+    temperature_tensor: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
     """``(H, logp, stats)`` of ``hidden @ weight.T + bias`` per row (flat ``[N]``, ``[N]`` or ``[0]``, ``[N, 2]``);
     ``temperature_tensor``, when given, carries T instead of ``temperature`` (as in ``entropy.py``)."""
     h, logp, stats = _forward_outputs(hidden, targets is not None)
@@ -204,8 +231,24 @@ def _(hidden, weight, bias, targets, mask, temperature, backend, workspace_bytes
 
 # ---- the backward: vocabulary slices ---------------------------------------------------------------------------
 
-def _backward_slices(hidden, weight, bias, targets, mask, stats, h, grad_h, grad_logp, temperature, backend,
-                     workspace_bytes, dh: Optional[Tensor], dw: Optional[Tensor], db: Optional[Tensor]) -> None:
+
+def _backward_slices(
+    hidden,
+    weight,
+    bias,
+    targets,
+    mask,
+    stats,
+    h,
+    grad_h,
+    grad_logp,
+    temperature,
+    backend,
+    workspace_bytes,
+    dh: Tensor | None,
+    dw: Tensor | None,
+    db: Tensor | None,
+) -> None:
     """Fill the gradients that are not None, one vocabulary slice of recomputed logits at a time."""
     rows = _HiddenRows(hidden)
     n, (vocab, width) = rows.n, weight.shape
@@ -232,26 +275,43 @@ def _backward_slices(hidden, weight, bias, targets, mask, stats, h, grad_h, grad
             db[v0:v1] = g.sum(0, dtype=accumulation_dtype(hidden.dtype))
 
 
-def _backward_outputs(hidden, weight, bias, need_hidden: bool, need_weight: bool, need_bias: bool,
-                      filled: bool = False):
+def _backward_outputs(
+    hidden, weight, bias, need_hidden: bool, need_weight: bool, need_bias: bool, filled: bool = False
+):
     """``(dh, dW, db)``: ``dh`` the zeroed fp32 ``[N, D]`` accumulator; ``dW``, ``db`` zeros, or uninitialised when
     ``filled`` (every slice will write its rows); an unneeded gradient is an empty placeholder."""
     device = hidden.device
     n = math.prod(hidden.shape[:-1])
     fresh = torch.empty if filled else torch.zeros
     bias_dtype = hidden.dtype if bias is None else bias.dtype
-    return (torch.zeros((n, hidden.shape[-1]) if need_hidden else (0,), dtype=accumulation_dtype(hidden.dtype),
-                        device=device),
-            fresh(weight.shape if need_weight else (0,), dtype=weight.dtype, device=device),
-            fresh(weight.shape[:1] if need_bias else (0,), dtype=bias_dtype, device=device))
+    return (
+        torch.zeros(
+            (n, hidden.shape[-1]) if need_hidden else (0,), dtype=accumulation_dtype(hidden.dtype), device=device
+        ),
+        fresh(weight.shape if need_weight else (0,), dtype=weight.dtype, device=device),
+        fresh(weight.shape[:1] if need_bias else (0,), dtype=bias_dtype, device=device),
+    )
 
 
 @torch.library.custom_op("aer_kernels::linear_bwd", mutates_args=(), tags=_OP_TAGS)
-def _linear_bwd(hidden: Tensor, weight: Tensor, bias: Optional[Tensor], targets: Optional[Tensor],
-                mask: Optional[Tensor], stats: Tensor, h: Tensor, grad_h: Optional[Tensor],
-                grad_logp: Optional[Tensor], temperature: float, backend: str, workspace_bytes: int,
-                need_hidden: bool, need_weight: bool, need_bias: bool,
-                temperature_tensor: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor]:
+def _linear_bwd(
+    hidden: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    targets: Tensor | None,
+    mask: Tensor | None,
+    stats: Tensor,
+    h: Tensor,
+    grad_h: Tensor | None,
+    grad_logp: Tensor | None,
+    temperature: float,
+    backend: str,
+    workspace_bytes: int,
+    need_hidden: bool,
+    need_weight: bool,
+    need_bias: bool,
+    temperature_tensor: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
     """``(dh [N, D] fp32, dW, db)`` from the forward's ``stats`` and ``h``; unneeded ones are empty."""
     temperature = _temperature(temperature, temperature_tensor)
     work = h.numel() > 0 and (grad_h is not None or grad_logp is not None)
@@ -259,24 +319,55 @@ def _linear_bwd(hidden: Tensor, weight: Tensor, bias: Optional[Tensor], targets:
     wanted = [g if need else None for g, need in ((dh, need_hidden), (dw, need_weight), (db, need_bias))]
     if work and any(g is not None for g in wanted):
         with torch.autocast(hidden.device.type, enabled=False):
-            _backward_slices(hidden, weight, bias, targets, mask, stats, h, grad_h, grad_logp, temperature,
-                             backend, workspace_bytes, *wanted)
+            _backward_slices(
+                hidden,
+                weight,
+                bias,
+                targets,
+                mask,
+                stats,
+                h,
+                grad_h,
+                grad_logp,
+                temperature,
+                backend,
+                workspace_bytes,
+                *wanted,
+            )
     return dh, dw, db
 
 
 @_linear_bwd.register_fake
-def _(hidden, weight, bias, targets, mask, stats, h, grad_h, grad_logp, temperature, backend, workspace_bytes,
-      need_hidden, need_weight, need_bias, temperature_tensor=None):
+def _(
+    hidden,
+    weight,
+    bias,
+    targets,
+    mask,
+    stats,
+    h,
+    grad_h,
+    grad_logp,
+    temperature,
+    backend,
+    workspace_bytes,
+    need_hidden,
+    need_weight,
+    need_bias,
+    temperature_tensor=None,
+):
     return _backward_outputs(hidden, weight, bias, need_hidden, need_weight, need_bias)
 
 
 # ---- autograd ----------------------------------------------------------------------------------------------------
 
+
 def _no_double_backward(ctx, *grads):
     raise NotImplementedError(
         "aer_kernels::linear_bwd (the gradient of linear_logprobs_and_entropy / linear_entropy) has no gradient "
         "of its own: double backward is not supported. For second-order terms, differentiate the PyTorch "
-        "expression on F.linear(hidden, weight, bias) instead")
+        "expression on F.linear(hidden, weight, bias) instead"
+    )
 
 
 torch.library.register_autograd("aer_kernels::linear_bwd", _no_double_backward)
@@ -300,16 +391,21 @@ def _autograd_backward(ctx, grad_h, grad_logp, _grad_stats):
         return (None,) * 9
     if grad_logp is not None:
         grad_logp = undefined_logp_grad(grad_logp, (targets >= 0) & (targets < weight.shape[0]))
-    dh, dw, db = torch.ops.aer_kernels.linear_bwd(hidden, weight, bias, targets, mask, stats, h, grad_h, grad_logp,
-                                                  *ctx.settings, *needs, temperature_tensor)
-    return (dh.to(hidden.dtype).view(hidden.shape) if needs[0] else None, dw if needs[1] else None,
-            db if needs[2] else None) + (None,) * 6
+    dh, dw, db = torch.ops.aer_kernels.linear_bwd(
+        hidden, weight, bias, targets, mask, stats, h, grad_h, grad_logp, *ctx.settings, *needs, temperature_tensor
+    )
+    return (
+        dh.to(hidden.dtype).view(hidden.shape) if needs[0] else None,
+        dw if needs[1] else None,
+        db if needs[2] else None,
+    ) + (None,) * 6
 
 
 torch.library.register_autograd("aer_kernels::linear_fwd", _autograd_backward, setup_context=_setup_context)
 
 
 # ---- argument checks: every error before any work ---------------------------------------------------------------
+
 
 def _check_float_tensor(name: str, t) -> None:
     if not isinstance(t, Tensor):
@@ -324,8 +420,10 @@ def _check_shapes(hidden, weight, bias, empty_vocab_ok: bool) -> None:
         raise ValueError(f"hidden must have shape [..., D] with D >= 1, got {shape_text(hidden.shape)}")
     _check_float_tensor("weight", weight)
     if weight.dim() != 2 or weight.shape[1] != hidden.shape[-1]:
-        raise ValueError(f"weight must have shape [V, D] with D = hidden.shape[-1] = {hidden.shape[-1]} (the "
-                         f"nn.Linear / lm_head.weight layout), got {shape_text(weight.shape)}")
+        raise ValueError(
+            f"weight must have shape [V, D] with D = hidden.shape[-1] = {hidden.shape[-1]} (the "
+            f"nn.Linear / lm_head.weight layout), got {shape_text(weight.shape)}"
+        )
     if weight.shape[0] == 0 and not empty_vocab_ok:
         raise ValueError(f"weight: the vocabulary (first) dim is empty, shape {shape_text(weight.shape)}")
     if bias is not None:
@@ -349,13 +447,16 @@ def _check_dtypes(hidden, weight, bias) -> torch.dtype:
     dtype = _autocast_dtype(hidden)
     for name, t in (("weight", weight), ("bias", bias)):
         if t is not None and _autocast_dtype(t) != dtype:
-            raise TypeError(f"{name} is {t.dtype} but hidden is {hidden.dtype}: pass one dtype, as F.linear needs "
-                            "(or run under autocast)")
+            raise TypeError(
+                f"{name} is {t.dtype} but hidden is {hidden.dtype}: pass one dtype, as F.linear needs "
+                "(or run under autocast)"
+            )
     return dtype
 
 
-def _check_workspace(workspace_bytes, rows: int, weight: Tensor, dtype: torch.dtype, backend: str,
-                     hidden: Tensor) -> int:
+def _check_workspace(
+    workspace_bytes, rows: int, weight: Tensor, dtype: torch.dtype, backend: str, hidden: Tensor
+) -> int:
     if workspace_bytes is None:
         workspace_bytes = DEFAULT_WORKSPACE_BYTES
     elif isinstance(workspace_bytes, bool) or not isinstance(workspace_bytes, int):
@@ -364,14 +465,16 @@ def _check_workspace(workspace_bytes, rows: int, weight: Tensor, dtype: torch.dt
     per_logit = _logit_bytes(dtype, backend)
     layout = row_layout(hidden)
     sliced = layout is not None and not _evenly_strided(layout)
-    column = rows * per_logit + (_HALF_ACCUMULATOR_BYTES * width if sliced and accumulation_dtype(dtype) != dtype
-                                 else 0)
+    column = rows * per_logit + (
+        _HALF_ACCUMULATOR_BYTES * width if sliced and accumulation_dtype(dtype) != dtype else 0
+    )
     needed = max(vocab * per_logit, column if vocab else 0)
     if workspace_bytes < needed:
         raise ValueError(
             f"workspace_bytes={workspace_bytes} holds less than one row of logits (V={vocab} x {per_logit} B) or "
             f"one vocabulary column (N={rows} x {per_logit} B plus its dW sum): at least {needed} bytes are needed "
-            f"({dtype}, backend {backend!r})")
+            f"({dtype}, backend {backend!r})"
+        )
     return workspace_bytes
 
 
@@ -396,14 +499,16 @@ def _prepare(hidden, weight, bias, targets, mask, temperature, workspace_bytes, 
 
 # ---- public API --------------------------------------------------------------------------------------------------
 
+
 def _run(hidden, weight, targets, bias, temperature, mask, workspace_bytes, backend, *, with_targets: bool):
     """``(H, logp)``, ``logp`` None without targets. Under torch.compile an argument error is raised when the
     compiled code runs, and the temperature is a graph input (one graph for every T), as in ``entropy.py``."""
     try:
         if with_targets and targets is None:
             raise TypeError("targets must be a torch.Tensor of token ids; use linear_entropy() for entropy alone")
-        *args, temperature, backend, workspace_bytes = _prepare(hidden, weight, bias, targets, mask, temperature,
-                                                                workspace_bytes, backend)
+        *args, temperature, backend, workspace_bytes = _prepare(
+            hidden, weight, bias, targets, mask, temperature, workspace_bytes, backend
+        )
     except (TypeError, ValueError, RuntimeError) as err:
         if not torch.compiler.is_compiling():
             raise
@@ -414,10 +519,17 @@ def _run(hidden, weight, targets, bias, temperature, mask, workspace_bytes, back
     return h.view(lead), (logp.view(lead) if targets is not None else None)
 
 
-def linear_logprobs_and_entropy(hidden: Tensor, weight: Tensor, targets: Tensor, *, bias: Optional[Tensor] = None,
-                                temperature: float = 1.0, mask: Optional[Tensor] = None,
-                                workspace_bytes: Optional[int] = None,
-                                backend: str = "auto") -> tuple[Tensor, Tensor]:
+def linear_logprobs_and_entropy(
+    hidden: Tensor,
+    weight: Tensor,
+    targets: Tensor,
+    *,
+    bias: Tensor | None = None,
+    temperature: float = 1.0,
+    mask: Tensor | None = None,
+    workspace_bytes: int | None = None,
+    backend: str = "auto",
+) -> tuple[Tensor, Tensor]:
     """``(logp, H)`` of ``logprobs_and_entropy(F.linear(hidden, weight, bias), targets, ...)``, without the logits.
 
     Both fp32 with shape ``hidden.shape[:-1]``, both differentiable with respect to ``hidden``, ``weight`` and
@@ -443,9 +555,16 @@ def linear_logprobs_and_entropy(hidden: Tensor, weight: Tensor, targets: Tensor,
     return logp, h
 
 
-def linear_entropy(hidden: Tensor, weight: Tensor, *, bias: Optional[Tensor] = None, temperature: float = 1.0,
-                   mask: Optional[Tensor] = None, workspace_bytes: Optional[int] = None,
-                   backend: str = "auto") -> Tensor:
+def linear_entropy(
+    hidden: Tensor,
+    weight: Tensor,
+    *,
+    bias: Tensor | None = None,
+    temperature: float = 1.0,
+    mask: Tensor | None = None,
+    workspace_bytes: int | None = None,
+    backend: str = "auto",
+) -> Tensor:
     """``entropy(F.linear(hidden, weight, bias), ...)`` without the logits: fp32, shape ``hidden.shape[:-1]``.
 
     Differentiable; same memory and arguments as ``linear_logprobs_and_entropy``.
@@ -464,21 +583,36 @@ def linear_entropy(hidden: Tensor, weight: Tensor, *, bias: Optional[Tensor] = N
 
 # ---- tensor parallel: the vocabulary sharded over a process group -----------------------------------------------
 
+
 class _VocabParallelLinear(torch.autograd.Function):
     """Flat ``(H, logp)`` of the global softmax; backward: this shard's exact ``dW``, ``db`` and ``dh``, the latter
     summed over the group when ``reduce_hidden_grad``."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, local_targets, mask, temperature, backend, workspace_bytes, group,
-                world_size, reduce_hidden_grad):
+    def forward(
+        ctx,
+        hidden,
+        weight,
+        bias,
+        local_targets,
+        mask,
+        temperature,
+        backend,
+        workspace_bytes,
+        group,
+        world_size,
+        reduce_hidden_grad,
+    ):
         vocab = weight.shape[0]
         if vocab:
-            h_r, logp_r, stats_r = torch.ops.aer_kernels.linear_fwd(hidden, weight, bias, local_targets, mask,
-                                                                     temperature, backend, workspace_bytes)
+            h_r, logp_r, stats_r = torch.ops.aer_kernels.linear_fwd(
+                hidden, weight, bias, local_targets, mask, temperature, backend, workspace_bytes
+            )
         else:
             stats_r, h_r, logp_r = empty_shard_statistics(local_targets.numel(), hidden.dtype, hidden.device)
-        h, logp, stats = combine_shards(stats_r, h_r, logp_r, local_targets, vocab, mask, temperature, backend,
-                                        group, world_size)
+        h, logp, stats = combine_shards(
+            stats_r, h_r, logp_r, local_targets, vocab, mask, temperature, backend, group, world_size
+        )
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(hidden, weight, bias, local_targets, mask, stats, h, logp)
         ctx.settings = (temperature, backend, workspace_bytes)
@@ -495,22 +629,35 @@ class _VocabParallelLinear(torch.autograd.Function):
             # NaN where no single shard holds the target, as on one GPU (see vocab_parallel.py).
             grad_logp = undefined_logp_grad(grad_logp, ~torch.isnan(logp))
         if weight.shape[0]:
-            dh, dw, db = torch.ops.aer_kernels.linear_bwd(hidden, weight, bias, local_targets, mask, stats, h,
-                                                          grad_h, grad_logp, *ctx.settings, *needs)
+            dh, dw, db = torch.ops.aer_kernels.linear_bwd(
+                hidden, weight, bias, local_targets, mask, stats, h, grad_h, grad_logp, *ctx.settings, *needs
+            )
         else:  # an empty shard: nothing of its own to add
             dh, dw, db = _backward_outputs(hidden, weight, bias, *needs)
         if needs[0] and ctx.reduce_hidden_grad and ctx.world_size > 1:
             dist.all_reduce(dh, op=dist.ReduceOp.SUM, group=ctx.group)
-        return (dh.to(hidden.dtype).view(hidden.shape) if needs[0] else None, dw if needs[1] else None,
-                db if needs[2] else None) + (None,) * 8
+        return (
+            dh.to(hidden.dtype).view(hidden.shape) if needs[0] else None,
+            dw if needs[1] else None,
+            db if needs[2] else None,
+        ) + (None,) * 8
 
 
-def vocab_parallel_linear_logprobs_and_entropy(hidden: Tensor, weight_shard: Tensor, targets: Tensor, *,
-                                               vocab_start: int, group=None, reduce_hidden_grad: bool = True,
-                                               bias: Optional[Tensor] = None, temperature: float = 1.0,
-                                               mask: Optional[Tensor] = None,
-                                               workspace_bytes: Optional[int] = None, backend: str = "auto",
-                                               check_agreement: Optional[bool] = None) -> tuple[Tensor, Tensor]:
+def vocab_parallel_linear_logprobs_and_entropy(
+    hidden: Tensor,
+    weight_shard: Tensor,
+    targets: Tensor,
+    *,
+    vocab_start: int,
+    group=None,
+    reduce_hidden_grad: bool = True,
+    bias: Tensor | None = None,
+    temperature: float = 1.0,
+    mask: Tensor | None = None,
+    workspace_bytes: int | None = None,
+    backend: str = "auto",
+    check_agreement: bool | None = None,
+) -> tuple[Tensor, Tensor]:
     """``(logp, H)`` of the full-vocabulary softmax when each rank holds rows ``[vocab_start, vocab_start + V_r)``
     of the LM-head weight (Megatron's vocab-parallel head), without any rank forming its logits.
 
@@ -545,17 +692,32 @@ def vocab_parallel_linear_logprobs_and_entropy(hidden: Tensor, weight_shard: Ten
     if not isinstance(reduce_hidden_grad, bool):
         raise TypeError(f"reduce_hidden_grad must be True or False, got {type(reduce_hidden_grad).__name__}")
     hidden, weight, bias, local_targets, flat_mask, temperature, backend, workspace_bytes = _prepare(
-        hidden, weight_shard, bias, targets, mask, temperature, workspace_bytes, backend,
-        empty_vocab_ok=world_size > 1)
+        hidden, weight_shard, bias, targets, mask, temperature, workspace_bytes, backend, empty_vocab_ok=world_size > 1
+    )
     lead = hidden.shape[:-1]
     if agreement_requested(check_agreement) and world_size > 1:
-        fields = {"the row count": math.prod(lead), "the hidden size": hidden.shape[-1],
-                  "the dtype": hidden.dtype, "temperature": float(temperature),
-                  "whether a mask is given": mask is not None, "reduce_hidden_grad": reduce_hidden_grad,
-                  "whether hidden needs a gradient": hidden.requires_grad and torch.is_grad_enabled()}
-        check_agreement_of_ranks(group, world_size, hidden.device, fields,
-                                 (vocab_start, vocab_start + weight.shape[0]))
+        fields = {
+            "the row count": math.prod(lead),
+            "the hidden size": hidden.shape[-1],
+            "the dtype": hidden.dtype,
+            "temperature": float(temperature),
+            "whether a mask is given": mask is not None,
+            "reduce_hidden_grad": reduce_hidden_grad,
+            "whether hidden needs a gradient": hidden.requires_grad and torch.is_grad_enabled(),
+        }
+        check_agreement_of_ranks(group, world_size, hidden.device, fields, (vocab_start, vocab_start + weight.shape[0]))
     local_targets = local_targets.to(torch.int64) - vocab_start
-    h, logp = _VocabParallelLinear.apply(hidden, weight, bias, local_targets, flat_mask, temperature, backend,
-                                         workspace_bytes, group, world_size, reduce_hidden_grad)
+    h, logp = _VocabParallelLinear.apply(
+        hidden,
+        weight,
+        bias,
+        local_targets,
+        flat_mask,
+        temperature,
+        backend,
+        workspace_bytes,
+        group,
+        world_size,
+        reduce_hidden_grad,
+    )
     return logp.view(lead), h.view(lead)

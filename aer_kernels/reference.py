@@ -29,8 +29,9 @@ def logprobs_and_entropy(logits, targets, *, temperature=1.0, mask=None, inplace
     """``(log_softmax(x / T).gather(-1, y), H)`` computed in row chunks."""
     from .entropy import logprobs_and_entropy as _logprobs_and_entropy
 
-    return _logprobs_and_entropy(logits, targets, temperature=temperature, mask=mask,
-                                 backend="reference", inplace_backward=inplace_backward)
+    return _logprobs_and_entropy(
+        logits, targets, temperature=temperature, mask=mask, backend="reference", inplace_backward=inplace_backward
+    )
 
 
 def _chunks(layout: RowLayout):
@@ -87,8 +88,9 @@ def _store(out, rows, values, active) -> None:
     out[rows] = values
 
 
-def backward(logits, layout: RowLayout, grad, grad_layout: RowLayout, targets, mask, stats, h,
-             grad_h, grad_logp, temperature) -> None:
+def backward(
+    logits, layout: RowLayout, grad, grad_layout: RowLayout, targets, mask, stats, h, grad_h, grad_logp, temperature
+) -> None:
     """Write the gradient into ``grad`` (possibly ``logits`` itself) like the Triton backward kernel."""
     x3 = layout.as_3d(logits)
     g3 = grad_layout.as_3d(grad)

@@ -2,9 +2,9 @@
 
 Rank ``r`` holds the logits of vocabulary ids ``[v_r, v_r + V_r)``; its kernel pass over its shard gives per
 row the shard's max ``m_r`` (logit units), ``log_s_r`` and ``H_r`` (so ``e_rel_r = log_s_r - H_r``: its
-``lse`` and ``E`` relative to ``m_r / T``) and, when it holds the target, ``logp_r = z_y - lse_r``. With the global max ``M = max_r m_r``
-(all-reduce MAX) and ``rel_r = (m_r - M) / T + log_s_r`` (= ``lse_r - M / T``), one all-reduce SUM of the
-stacked rows
+``lse`` and ``E`` relative to ``m_r / T``) and, when it holds the target, ``logp_r = z_y - lse_r``. With the
+global max ``M = max_r m_r`` (all-reduce MAX) and ``rel_r = (m_r - M) / T + log_s_r`` (= ``lse_r - M / T``), one
+all-reduce SUM of the stacked rows
 
     S = Σ_r exp(rel_r)      W = Σ_r exp(rel_r) ((m_r - M) / T + e_rel_r)
     Z = Σ_{r holds y} (logp_r + rel_r)      C = #{r holds y}
@@ -31,15 +31,14 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Optional
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from .entropy import undefined_logp_grad  # importing entropy registers aer_kernels::forward and ::backward
 from ._layout import with_row_layout
 from ._validate import check_logits, check_row_tensor, check_temperature, resolve_backend
+from .entropy import undefined_logp_grad  # importing entropy registers aer_kernels::forward and ::backward
 from .reference import accumulation_dtype
 
 _NEG_INF = float("-inf")
@@ -47,7 +46,7 @@ AGREEMENT_ENV = "AER_KERNELS_CHECK_AGREEMENT"
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
-def _masked(values: Tensor, mask: Optional[Tensor]) -> Tensor:
+def _masked(values: Tensor, mask: Tensor | None) -> Tensor:
     return values if mask is None else torch.where(mask, values, 0.0)
 
 
@@ -86,8 +85,16 @@ def _kernels(backend: str):
 
 
 @torch.library.custom_op("aer_kernels::vocab_parallel_partials", mutates_args=())
-def _partials(stats: Tensor, h: Tensor, logp: Tensor, targets: Optional[Tensor], row_max: Tensor, vocab: int,
-              temperature: float, backend: str) -> Tensor:
+def _partials(
+    stats: Tensor,
+    h: Tensor,
+    logp: Tensor,
+    targets: Tensor | None,
+    row_max: Tensor,
+    vocab: int,
+    temperature: float,
+    backend: str,
+) -> Tensor:
     """``[S, W]`` (entropy) or ``[S, W, Z, C]`` rows of one shard, to be summed over ranks."""
     sums = stats.new_empty((2 if targets is None else 4, stats.shape[0]))
     _kernels(backend)[0](stats, h, logp, targets, row_max, vocab, temperature, sums)
@@ -100,8 +107,7 @@ def _(stats, h, logp, targets, row_max, vocab, temperature, backend):
 
 
 @torch.library.custom_op("aer_kernels::vocab_parallel_combine", mutates_args=())
-def _combine(row_max: Tensor, sums: Tensor, mask: Optional[Tensor],
-             backend: str) -> tuple[Tensor, Tensor, Tensor]:
+def _combine(row_max: Tensor, sums: Tensor, mask: Tensor | None, backend: str) -> tuple[Tensor, Tensor, Tensor]:
     """``(H, logp, stats)`` per row from the global max and the summed partials; masked rows get 0."""
     n = row_max.numel()
     h, stats = torch.empty_like(row_max), row_max.new_empty((n, 2))
@@ -122,16 +128,26 @@ def empty_shard_statistics(n: int, dtype: torch.dtype, device) -> tuple[Tensor, 
     return torch.tensor([0.0, _NEG_INF], **acc).repeat(n, 1), torch.zeros(n, **acc), torch.zeros(n, **acc)
 
 
-def combine_shards(stats_r: Tensor, h_r: Tensor, logp_r: Tensor, local_targets: Optional[Tensor], vocab: int,
-                   mask: Optional[Tensor], temperature: float, backend: str, group,
-                   world_size: int) -> tuple[Tensor, Tensor, Tensor]:
+def combine_shards(
+    stats_r: Tensor,
+    h_r: Tensor,
+    logp_r: Tensor,
+    local_targets: Tensor | None,
+    vocab: int,
+    mask: Tensor | None,
+    temperature: float,
+    backend: str,
+    group,
+    world_size: int,
+) -> tuple[Tensor, Tensor, Tensor]:
     """Global ``(H, logp, stats)`` per row from this shard's ``(stats_r, H_r, logp_r)`` (``[N, 2]``, ``[N]``,
     ``[N]``; however they were computed): the all-reduce MAX, the partials, the all-reduce SUM, the combine."""
     row_max = torch.where(stats_r[:, 1] == _NEG_INF, _NEG_INF, stats_r[:, 0])  # a shard of only -inf: no max
     if world_size > 1:
         dist.all_reduce(row_max, op=dist.ReduceOp.MAX, group=group)
-    sums = torch.ops.aer_kernels.vocab_parallel_partials(stats_r, h_r, logp_r, local_targets, row_max, vocab,
-                                                         temperature, backend)
+    sums = torch.ops.aer_kernels.vocab_parallel_partials(
+        stats_r, h_r, logp_r, local_targets, row_max, vocab, temperature, backend
+    )
     if world_size > 1:
         dist.all_reduce(sums, op=dist.ReduceOp.SUM, group=group)
     return torch.ops.aer_kernels.vocab_parallel_combine(row_max, sums, mask, backend)
@@ -141,12 +157,10 @@ def _global_forward(logits, local_targets, mask, temperature, backend, group, wo
     """Global ``(H, logp, stats)`` per row: one kernel pass on the shard, then the combine."""
     n, vocab = math.prod(logits.shape[:-1]), logits.shape[-1]
     if vocab:
-        h_r, logp_r, stats_r = torch.ops.aer_kernels.forward(logits, local_targets, mask, temperature, backend,
-                                                             False)
+        h_r, logp_r, stats_r = torch.ops.aer_kernels.forward(logits, local_targets, mask, temperature, backend, False)
     else:
         stats_r, h_r, logp_r = empty_shard_statistics(n, logits.dtype, logits.device)
-    return combine_shards(stats_r, h_r, logp_r, local_targets, vocab, mask, temperature, backend, group,
-                          world_size)
+    return combine_shards(stats_r, h_r, logp_r, local_targets, vocab, mask, temperature, backend, group, world_size)
 
 
 class _VocabParallel(torch.autograd.Function):
@@ -171,8 +185,17 @@ class _VocabParallel(torch.autograd.Function):
             # logp is NaN where no single shard holds the target (outside the global vocabulary): so is its
             # gradient, as on one GPU. A row NaN for any other reason has no distribution: its gradient is NaN anyway.
             grad_logp = undefined_logp_grad(grad_logp, ~torch.isnan(logp))
-        grad = torch.ops.aer_kernels.backward(logits, local_targets if grad_logp is not None else None, mask, stats, h,
-                                              grad_h, grad_logp, ctx.temperature, ctx.backend)
+        grad = torch.ops.aer_kernels.backward(
+            logits,
+            local_targets if grad_logp is not None else None,
+            mask,
+            stats,
+            h,
+            grad_h,
+            grad_logp,
+            ctx.temperature,
+            ctx.backend,
+        )
         return (grad,) + (None,) * 6
 
 
@@ -206,7 +229,7 @@ def _decode(example, code: float):
     return type(example)(code)
 
 
-def check_agreement_of_ranks(group, world_size: int, device, fields: dict, shard: Optional[tuple[int, int]]) -> None:
+def check_agreement_of_ranks(group, world_size: int, device, fields: dict, shard: tuple[int, int] | None) -> None:
     """Raise the same ValueError on every rank of ``group`` when the ranks disagree on one of ``fields``
     (name -> int, float, bool or dtype) or when their ``shard`` ranges ``[start, stop)`` do not tile the
     vocabulary from 0 without gap or overlap.
@@ -237,15 +260,18 @@ def _check_tiling(shards: list[tuple[int, int]]) -> None:
         if start != covered:
             what = "no rank holds" if start > covered else f"rank {r} also holds"
             ids = f"[{covered}, {start})" if start > covered else f"[{start}, {min(stop, covered)})"
-            raise ValueError(f"vocabulary shards must tile [0, V) without gap or overlap: {what} ids {ids} "
-                             f"(shards [vocab_start, vocab_start + V_local) by rank: {shards})")
+            raise ValueError(
+                f"vocabulary shards must tile [0, V) without gap or overlap: {what} ids {ids} "
+                f"(shards [vocab_start, vocab_start + V_local) by rank: {shards})"
+            )
         covered = stop
 
 
 def _check_vocab_start(vocab_start) -> None:
     if isinstance(vocab_start, bool) or not isinstance(vocab_start, int):
-        raise TypeError(f"vocab_start must be a Python int (the shard's first global token id), "
-                        f"got {type(vocab_start).__name__}")
+        raise TypeError(
+            f"vocab_start must be a Python int (the shard's first global token id), got {type(vocab_start).__name__}"
+        )
     if vocab_start < 0:
         raise ValueError(f"vocab_start must be >= 0, got {vocab_start}")
 
@@ -271,23 +297,35 @@ def _run(local_logits, targets, vocab_start, group, temperature, mask, backend, 
     backend = resolve_backend(backend, local_logits)
     lead = local_logits.shape[:-1]
     if agreement_requested(check_agreement) and world_size > 1:
-        fields = {"the row count": math.prod(lead), "the logits dtype": local_logits.dtype,
-                  "temperature": float(temperature), "whether targets are given": targets is not None,
-                  "whether a mask is given": mask is not None}
+        fields = {
+            "the row count": math.prod(lead),
+            "the logits dtype": local_logits.dtype,
+            "temperature": float(temperature),
+            "whether targets are given": targets is not None,
+            "whether a mask is given": mask is not None,
+        }
         shard = None if targets is None else (vocab_start, vocab_start + local_logits.shape[-1])
         check_agreement_of_ranks(group, world_size, local_logits.device, fields, shard)
 
     local_targets = None if targets is None else (targets.to(torch.int64) - vocab_start).reshape(-1).contiguous()
     flat_mask = None if mask is None else mask.reshape(-1).contiguous()
-    h, logp = _VocabParallel.apply(with_row_layout(local_logits), local_targets, flat_mask, temperature, backend,
-                                   group, world_size)
+    h, logp = _VocabParallel.apply(
+        with_row_layout(local_logits), local_targets, flat_mask, temperature, backend, group, world_size
+    )
     return h.view(lead), (logp.view(lead) if targets is not None else None)
 
 
-def vocab_parallel_logprobs_and_entropy(local_logits: Tensor, targets: Tensor, *, vocab_start: int, group=None,
-                                        temperature: float = 1.0, mask: Optional[Tensor] = None,
-                                        backend: str = "auto",
-                                        check_agreement: Optional[bool] = None) -> tuple[Tensor, Tensor]:
+def vocab_parallel_logprobs_and_entropy(
+    local_logits: Tensor,
+    targets: Tensor,
+    *,
+    vocab_start: int,
+    group=None,
+    temperature: float = 1.0,
+    mask: Tensor | None = None,
+    backend: str = "auto",
+    check_agreement: bool | None = None,
+) -> tuple[Tensor, Tensor]:
     """``(logp, H)`` of the full-vocabulary softmax, from this rank's shard ``local_logits`` ``[..., V_local]``.
 
     Equals ``logprobs_and_entropy(torch.cat(shards, -1), targets, ...)`` on every rank of ``group`` (default:
@@ -314,15 +352,22 @@ def vocab_parallel_logprobs_and_entropy(local_logits: Tensor, targets: Tensor, *
             Not under ``torch.compile``.
     """
     if targets is None:
-        raise TypeError("targets must be a torch.Tensor of global token ids; use vocab_parallel_entropy() "
-                        "for entropy alone")
+        raise TypeError(
+            "targets must be a torch.Tensor of global token ids; use vocab_parallel_entropy() for entropy alone"
+        )
     h, logp = _run(local_logits, targets, vocab_start, group, temperature, mask, backend, check_agreement)
     return logp, h
 
 
-def vocab_parallel_entropy(local_logits: Tensor, *, group=None, temperature: float = 1.0,
-                           mask: Optional[Tensor] = None, backend: str = "auto",
-                           check_agreement: Optional[bool] = None) -> Tensor:
+def vocab_parallel_entropy(
+    local_logits: Tensor,
+    *,
+    group=None,
+    temperature: float = 1.0,
+    mask: Tensor | None = None,
+    backend: str = "auto",
+    check_agreement: bool | None = None,
+) -> Tensor:
     """Entropy (nats, fp32) of the full-vocabulary softmax, from this rank's shard ``[..., V_local]``.
 
     Equals ``entropy(torch.cat(shards, -1), ...)`` on every rank of ``group``; differentiable (each rank gets

@@ -1,13 +1,13 @@
 """``python -m benchmarks``: time aer_kernels against PyTorch and its peers, write JSON + PNG, print the table.
 
-    python -m benchmarks                       # default shapes, every method, op and mode
-    python -m benchmarks --quick               # two shapes
-    python -m benchmarks --shapes 8192x151936 --methods aer_kernels,torch_compile --modes fwd
-    python -m benchmarks --sweep               # launch-parameter sweep of the kernels (GPU)
-    python -m benchmarks --ptx-report          # registers, spills, loads, instruction mix (no GPU needed)
-    python -m benchmarks --dump-ir             # also write the TTGIR/PTX/SASS of the headline launches
-    python -m benchmarks --readme-table        # Markdown table from the newest results file
-    python -m benchmarks --linear              # the fused LM-head op instead (benchmarks/bench_linear.py)
+python -m benchmarks                       # default shapes, every method, op and mode
+python -m benchmarks --quick               # two shapes
+python -m benchmarks --shapes 8192x151936 --methods aer_kernels,torch_compile --modes fwd
+python -m benchmarks --sweep               # launch-parameter sweep of the kernels (GPU)
+python -m benchmarks --ptx-report          # registers, spills, loads, instruction mix (no GPU needed)
+python -m benchmarks --dump-ir             # also write the TTGIR/PTX/SASS of the headline launches
+python -m benchmarks --readme-table        # Markdown table from the newest results file
+python -m benchmarks --linear              # the fused LM-head op instead (benchmarks/bench_linear.py)
 """
 
 from __future__ import annotations
@@ -21,8 +21,14 @@ from .names import METHOD_NAMES, MODES, OPS
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT = REPO / "benchmarks" / "results"
-DTYPES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "float16": "float16",
-          "fp32": "float32", "float32": "float32"}
+DTYPES = {
+    "bf16": "bfloat16",
+    "bfloat16": "bfloat16",
+    "fp16": "float16",
+    "float16": "float16",
+    "fp32": "float32",
+    "float32": "float32",
+}
 
 
 def _shape(text: str) -> tuple[int, int]:
@@ -42,15 +48,22 @@ def _list(choices):
         if bad or not items:
             raise argparse.ArgumentTypeError(f"{text!r}: choose from {', '.join(choices)}")
         return items
+
     return parse
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--quick", action="store_true", help="two shapes only (GPU: N in {2048, 8192} x 151936)")
-    p.add_argument("--shapes", type=lambda t: [_shape(s) for s in t.split(",") if s.strip()],
-                   help="comma-separated NxV, e.g. 8192x151936,2048x151936")
+    p.add_argument(
+        "--shapes",
+        type=lambda t: [_shape(s) for s in t.split(",") if s.strip()],
+        help="comma-separated NxV, e.g. 8192x151936,2048x151936",
+    )
     p.add_argument("--methods", type=_list(METHOD_NAMES), help=f"comma-separated: {', '.join(METHOD_NAMES)}")
     p.add_argument("--ops", type=_list(OPS), default=list(OPS))
     p.add_argument("--modes", type=_list(MODES), default=list(MODES))
@@ -59,15 +72,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--budget-s", type=float, help="stop starting new shapes after this many seconds")
     p.add_argument("--sweep", action="store_true", help="sweep LaunchConfig candidates for the kernels (GPU)")
     p.add_argument("--sweep-budget-s", type=float, help="stop the sweep after this many seconds")
-    p.add_argument("--ptx-report", action="store_true",
-                   help="compile the kernels for --arch and print registers, spills and the main loops' SASS mix")
+    p.add_argument(
+        "--ptx-report",
+        action="store_true",
+        help="compile the kernels for --arch and print registers, spills and the main loops' SASS mix",
+    )
     p.add_argument("--ptx-report-all", action="store_true", help="the report for every representative shape")
     p.add_argument("--arch", type=int, default=90, help="compute capability for the report: 80, 90, 100")
     p.add_argument("--dump-ir", action="store_true", help="the report, plus TTGIR/PTX/SASS files in --output-dir")
     p.add_argument("--readme-table", action="store_true", help="print a Markdown table of the newest results")
-    p.add_argument("--linear", action="store_true",
-                   help="the fused LM-head op at its default shapes, results in OUTPUT_DIR/linear "
-                        "(python -m benchmarks.bench_linear --help for its own options)")
+    p.add_argument(
+        "--linear",
+        action="store_true",
+        help="the fused LM-head op at its default shapes, results in OUTPUT_DIR/linear "
+        "(python -m benchmarks.bench_linear --help for its own options)",
+    )
     return p.parse_args(argv)
 
 

@@ -81,6 +81,7 @@ def recording(case: list[str], num_sms: int):
     def recorder(kernel):
         def run(*args, grid, warmup, **kwargs):
             launches.append(Launch(kernel, tuple(grid), args, kwargs, case[0]))
+
         return run
 
     saved_sms = _triton._num_sms
@@ -107,14 +108,14 @@ class Compiled:
     sass: str
 
     @cached_property
-    def loops(self) -> list["Loop"]:
+    def loops(self) -> list[Loop]:
         return find_loops(self.sass)
 
     def offset_types(self, pointer: str) -> set[str]:
         """Types of the offsets added straight to the kernel argument ``pointer`` (e.g. ``{"i64"}``)."""
         return set(re.findall(rf"tt\.addptr %{pointer}, %\w+ : [^,]+, (\w+)", self.ttgir))
 
-    def main_loop(self) -> "Loop":
+    def main_loop(self) -> Loop:
         """The loop that streams the logits: the first (in code order) that computes an exp."""
         return min((loop for loop in self.loops if loop.count("MUFU.EX2")), key=lambda loop: loop.start)
 
@@ -134,13 +135,22 @@ def compile_launch(launch: Launch, arch: int) -> Compiled:
         usage = _cuobjdump("-res-usage", f.name)
         sass = _cuobjdump("-sass", f.name)
     fields = dict(re.findall(r"(\w+):(\d+)", usage.split("Function", 1)[-1]))
-    return Compiled(launch, arch, int(fields["REG"]), int(fields["LOCAL"]) + int(fields["STACK"]),
-                    out.metadata.shared, out.asm["ttgir"], out.asm["ptx"], sass)
+    return Compiled(
+        launch,
+        arch,
+        int(fields["REG"]),
+        int(fields["LOCAL"]) + int(fields["STACK"]),
+        out.metadata.shared,
+        out.asm["ttgir"],
+        out.asm["ptx"],
+        sass,
+    )
 
 
 def _cuobjdump(flag: str, path: str) -> str:
-    return subprocess.run([os.path.join(_BIN, "cuobjdump"), flag, path], check=True, capture_output=True,
-                          text=True).stdout
+    return subprocess.run(
+        [os.path.join(_BIN, "cuobjdump"), flag, path], check=True, capture_output=True, text=True
+    ).stdout
 
 
 _SASS_LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);")
@@ -208,27 +218,53 @@ def representative_launches(num_sms: int, shapes=SHAPES, dtypes=DTYPES) -> list[
                 views["sliced"] = torch.empty(2, n // 2 + 1, v, dtype=dtype)[:, :-1]
             for (view, x), has_targets, has_mask in product(views.items(), (False, True), (False, True)):
                 case[0] = f"forward {view} {n}x{v} {str(dtype)[6:]} targets={has_targets} mask={has_mask}"
-                _triton.forward(x, row_layout(x), targets if has_targets else None, mask if has_mask else None,
-                                1.0, rows, rows if has_targets else None, stats)
+                _triton.forward(
+                    x,
+                    row_layout(x),
+                    targets if has_targets else None,
+                    mask if has_mask else None,
+                    1.0,
+                    rows,
+                    rows if has_targets else None,
+                    stats,
+                )
             grads = [("grad_h", True, False), ("grad_logp", False, True), ("both", True, True)]
-            for (view, x), (what, gh, gl), has_mask, inplace in product(views.items(), grads, (False, True),
-                                                                          (False, True)):
-                case[0] = (f"backward {view} {n}x{v} {str(dtype)[6:]} {what} mask={has_mask} "
-                           f"{'in place' if inplace else 'new buffer'}")
+            for (view, x), (what, gh, gl), has_mask, inplace in product(
+                views.items(), grads, (False, True), (False, True)
+            ):
+                case[0] = (
+                    f"backward {view} {n}x{v} {str(dtype)[6:]} {what} mask={has_mask} "
+                    f"{'in place' if inplace else 'new buffer'}"
+                )
                 layout = row_layout(x)
                 grad, grad_layout = (x, layout) if inplace else (torch.empty(x.shape, dtype=dtype), layout.contiguous())
-                _triton.backward(x, layout, grad, grad_layout, targets if gl else None, mask if has_mask else None,
-                                 stats, rows, rows if gh else None, rows if gl else None, 1.0)
+                _triton.backward(
+                    x,
+                    layout,
+                    grad,
+                    grad_layout,
+                    targets if gl else None,
+                    mask if has_mask else None,
+                    stats,
+                    rows,
+                    rows if gh else None,
+                    rows if gl else None,
+                    1.0,
+                )
         n = 8192
-        rows, stats, mask, targets = torch.empty(n), torch.empty(n, 2), torch.empty(n, dtype=torch.bool), \
-            torch.empty(n, dtype=torch.int64)
+        rows, stats, mask, targets = (
+            torch.empty(n),
+            torch.empty(n, 2),
+            torch.empty(n, dtype=torch.bool),
+            torch.empty(n, dtype=torch.int64),
+        )
         for has_targets, has_mask in product((False, True), (False, True)):
             case[0] = f"vocab-parallel {n} rows targets={has_targets} mask={has_mask}"
             sums = torch.empty(4 if has_targets else 2, n)
-            _triton_vocab_parallel.partials(stats, rows, rows, targets if has_targets else None, rows, 75968, 1.0,
-                                            sums)
-            _triton_vocab_parallel.combine(rows, sums, mask if has_mask else None, rows,
-                                           rows if has_targets else None, stats)
+            _triton_vocab_parallel.partials(stats, rows, rows, targets if has_targets else None, rows, 75968, 1.0, sums)
+            _triton_vocab_parallel.combine(
+                rows, sums, mask if has_mask else None, rows, rows if has_targets else None, stats
+            )
     return _distinct(launches)
 
 

@@ -27,9 +27,9 @@ import argparse
 import importlib
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -44,8 +44,14 @@ from .names import MODES
 from .timing import median_ms, peak_extra_bytes
 
 REPO = Path(__file__).resolve().parent.parent
-GPU_SHAPES = [(8192, 4096, 151936), (8192, 3584, 152064), (16384, 2560, 151936), (8192, 8192, 128256),
-              (2048, 4096, 151936), (65536, 4096, 151936)]
+GPU_SHAPES = [
+    (8192, 4096, 151936),
+    (8192, 3584, 152064),
+    (16384, 2560, 151936),
+    (8192, 8192, 128256),
+    (2048, 4096, 151936),
+    (65536, 4096, 151936),
+]
 CPU_SHAPES = [(256, 64, 4096), (512, 128, 8192)]
 GPU_WORKSPACES_MIB = (128, 256, 512)
 CPU_WORKSPACES_MIB = (1, 4)
@@ -112,6 +118,7 @@ def build_methods(workspaces_mib, device: torch.device) -> tuple[list[Method], l
 
 # ---- correctness before timing -----------------------------------------------------------------------------------
 
+
 def _formula(h, w, y, grads, loss_only: bool, dtype: torch.dtype):
     """Outputs and ``dh`` of the plain PyTorch math, logits and GEMMs in ``dtype`` and the rest in fp32 (or
     float64). In float64 (the truth) ``W`` is converted a slice at a time: a float64 copy of it may not fit."""
@@ -129,7 +136,7 @@ def _formula(h, w, y, grads, loss_only: bool, dtype: torch.dtype):
     return [o.detach() for o in outs], dh
 
 
-def check(method: Method, h, w, y) -> Optional[str]:
+def check(method: Method, h, w, y) -> str | None:
     """None when the method's outputs and ``dh`` on the first rows pass the tolerance rule, else what failed."""
     h, y = h[:CHECK_ROWS], y[:CHECK_ROWS]
     grads = _upstream(method, h.shape[0], h.device)
@@ -147,12 +154,14 @@ def check(method: Method, h, w, y) -> Optional[str]:
 
 # ---- timing ------------------------------------------------------------------------------------------------------
 
+
 def _upstream(method: Method, n: int, device) -> tuple:
     return (torch.ones((), device=device),) if method.loss_only else make_row_grads(n, 2, device)
 
 
 def _gemm_case(mode: str, h, w) -> Callable:
     """The bare GEMMs of ``mode``: what any implementation of the op must compute."""
+
     def forward():
         return torch.mm(h, w.t())
 
@@ -181,30 +190,46 @@ def _measure(case: Callable, device: torch.device) -> tuple[float, int]:
 
 def _row(name, mode, n, d, v, dtype, ms, peak, gemm_ms) -> dict:
     flops = 2 * GEMM_COUNT[mode] * n * d * v
-    return {"method": name, "mode": mode, "N": n, "D": d, "V": v, "dtype": dtype, "ms": ms,
-            "tflops": flops / ms / 1e9, "vs_gemms": ms / gemm_ms, "peak_extra_bytes": peak}
+    return {
+        "method": name,
+        "mode": mode,
+        "N": n,
+        "D": d,
+        "V": v,
+        "dtype": dtype,
+        "ms": ms,
+        "tflops": flops / ms / 1e9,
+        "vs_gemms": ms / gemm_ms,
+        "peak_extra_bytes": peak,
+    }
 
 
 def _print_row(r: dict) -> None:
-    print(f"  {r['method']:<14} {r['mode']:<8} {r['N']:>6} x {r['D']:<5} x {r['V']:<7} {r['ms']:10.3f} ms "
-          f"{r['tflops']:8.2f} TF/s {r['vs_gemms']:7.3f}x gemms  peak +{r['peak_extra_bytes'] / 2**20:9.1f} MiB",
-          flush=True)
+    print(
+        f"  {r['method']:<14} {r['mode']:<8} {r['N']:>6} x {r['D']:<5} x {r['V']:<7} {r['ms']:10.3f} ms "
+        f"{r['tflops']:8.2f} TF/s {r['vs_gemms']:7.3f}x gemms  peak +{r['peak_extra_bytes'] / 2**20:9.1f} MiB",
+        flush=True,
+    )
 
 
 def _inputs(n, d, v, dtype, device, seed=0):
     """Hidden states and a weight whose logits have a realistic spread (std ~4), targets."""
     gen = torch.Generator(device).manual_seed(seed)
     h = torch.randn(n, d, device=device, generator=gen).to(dtype)
-    w = (torch.randn(v, d, device=device, generator=gen) * (4.0 / d ** 0.5)).to(dtype)
+    w = (torch.randn(v, d, device=device, generator=gen) * (4.0 / d**0.5)).to(dtype)
     y = torch.randint(0, v, (n,), device=device, generator=gen)
     return h, w, y
 
 
-def run(shapes, modes, workspaces_mib, dtype: torch.dtype, output_dir: Optional[Path], budget_s=None) -> list[dict]:
+def run(shapes, modes, workspaces_mib, dtype: torch.dtype, output_dir: Path | None, budget_s=None) -> list[dict]:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     methods, skipped = build_methods(workspaces_mib, device)
-    doc = results.new_document(torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-                               torch.__version__, _triton_version(), REPO)
+    doc = results.new_document(
+        torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        torch.__version__,
+        _triton_version(),
+        REPO,
+    )
     print(f"device {doc['device']}, torch {doc['torch']}, triton {doc['triton']}, commit {doc['commit']}")
     if device.type == "cpu":
         torch.set_num_threads(1)  # a thread pool spinning on a shared machine would dominate CPU figures
@@ -257,7 +282,7 @@ def _failure(exc: Exception) -> str:
     return f"{type(exc).__name__}: {first[:200]}"
 
 
-def _safely(check_fn, *args) -> Optional[str]:
+def _safely(check_fn, *args) -> str | None:
     try:
         failed = check_fn(*args)
     except Exception as exc:  # a peer that cannot run here must not end the run
@@ -270,7 +295,7 @@ def _free(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def _triton_version() -> Optional[str]:
+def _triton_version() -> str | None:
     try:
         import triton
     except ImportError:
@@ -306,15 +331,25 @@ def _modes(text: str) -> list[str]:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.bench_linear", description=__doc__.splitlines()[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--shapes", type=lambda t: [_shape(s) for s in t.split(",") if s.strip()],
-                   help="comma-separated NxDxV (default: the six GPU shapes, or two small ones on a CPU)")
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.bench_linear",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--shapes",
+        type=lambda t: [_shape(s) for s in t.split(",") if s.strip()],
+        help="comma-separated NxDxV (default: the six GPU shapes, or two small ones on a CPU)",
+    )
     p.add_argument("--workspaces-mib", type=_ints, help="the fused op's workspaces (default 128,256,512; CPU 1,4)")
     p.add_argument("--modes", type=_modes, default=list(MODES))
     p.add_argument("--dtype", choices=sorted(_DTYPES), default="bf16")
-    p.add_argument("--output-dir", type=Path, default=REPO / "benchmarks" / "results" / "linear",
-                   help="where linear-<card>-<date>.json goes (apart from the entropy suite's results)")
+    p.add_argument(
+        "--output-dir",
+        type=Path,
+        default=REPO / "benchmarks" / "results" / "linear",
+        help="where linear-<card>-<date>.json goes (apart from the entropy suite's results)",
+    )
     p.add_argument("--budget-s", type=float, help="stop starting new shapes after this many seconds")
     return p.parse_args(argv)
 

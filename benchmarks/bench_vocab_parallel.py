@@ -32,18 +32,23 @@ SINGLE_OP = "logprobs_and_entropy"
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
-def call(local: torch.Tensor, targets: torch.Tensor, *, vocab_start: int = 0, group=None,
-         backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+def call(
+    local: torch.Tensor, targets: torch.Tensor, *, vocab_start: int = 0, group=None, backend: str = "auto"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The global op on this rank's shard, ``(logp, H)`` as ``logprobs_and_entropy`` returns them."""
-    return ak.vocab_parallel_logprobs_and_entropy(local, targets, vocab_start=vocab_start, group=group,
-                                                  backend=backend)
+    return ak.vocab_parallel_logprobs_and_entropy(local, targets, vocab_start=vocab_start, group=group, backend=backend)
 
 
 def ratios(rows) -> dict:
     """``{(method, N, V, mode): vocab-parallel ms / single-GPU ms}`` wherever a run timed both."""
     single = {(r["method"], r["N"], r["V"], r["mode"]): r["ms"] for r in rows if r["op"] == SINGLE_OP}
-    return {key: r["ms"] / single[key] for r in rows if r["op"] == OP
-            for key in [(r["method"], r["N"], r["V"], r["mode"])] if key in single}
+    return {
+        key: r["ms"] / single[key]
+        for r in rows
+        if r["op"] == OP
+        for key in [(r["method"], r["N"], r["V"], r["mode"])]
+        if key in single
+    }
 
 
 def _check(local, targets, vocab_start, group, world):
@@ -57,8 +62,9 @@ def _check(local, targets, vocab_start, group, world):
     torch.testing.assert_close((logp, h), (logp_1, h_1), rtol=1e-4, atol=1e-4)
 
 
-def run(n: int | None = None, vocab: int | None = None, dtype: str = "bf16", device: str | None = None,
-        group=None) -> list[dict]:
+def run(
+    n: int | None = None, vocab: int | None = None, dtype: str = "bf16", device: str | None = None, group=None
+) -> list[dict]:
     """Rows ``{"op", "mode", "method", "N", "V", "dtype", "ms", "world"}``; ``V`` is this rank's shard width."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     on_gpu = device.type == "cuda"
@@ -73,8 +79,10 @@ def run(n: int | None = None, vocab: int | None = None, dtype: str = "bf16", dev
     _check(local, targets, vocab_start, group, world)
 
     local_targets = (targets - vocab_start).clamp(0, width - 1)  # the single op needs ids of its own shard
-    ops = {SINGLE_OP: lambda x: ak.logprobs_and_entropy(x, local_targets),
-           OP: lambda x: call(x, targets, vocab_start=vocab_start, group=group)}
+    ops = {
+        SINGLE_OP: lambda x: ak.logprobs_and_entropy(x, local_targets),
+        OP: lambda x: call(x, targets, vocab_start=vocab_start, group=group),
+    }
     grads = make_row_grads(n, 2, device)  # made once: allocating them would be timed with each step
     xg = local.detach().requires_grad_(True)
     # Collectives deadlock unless every rank calls them equally often: time-based repeat counts only for one rank.
@@ -83,10 +91,11 @@ def run(n: int | None = None, vocab: int | None = None, dtype: str = "bf16", dev
     rows = []
     for op, fn in ops.items():
         # fwd on logits that need no gradient (nothing saved), as the suite times it.
-        steps = {"fwd": lambda: fn(local), "fwd+bwd": lambda: torch.autograd.grad(fn(xg), xg, grads)}
+        steps = {"fwd": lambda fn=fn: fn(local), "fwd+bwd": lambda fn=fn: torch.autograd.grad(fn(xg), xg, grads)}
         for mode, step in steps.items():
-            rows.append(dict(op=op, mode=mode, method="aer_kernels", N=n, V=width, dtype=dtype, ms=timer(step),
-                             world=world))
+            rows.append(
+                dict(op=op, mode=mode, method="aer_kernels", N=n, V=width, dtype=dtype, ms=timer(step), world=world)
+            )
     if world > 1:
         row_max, sums = torch.zeros(n, device=device), torch.zeros(4, n, device=device)
 
@@ -94,8 +103,11 @@ def run(n: int | None = None, vocab: int | None = None, dtype: str = "bf16", dev
             dist.all_reduce(row_max, op=dist.ReduceOp.MAX, group=group)
             dist.all_reduce(sums, group=group)
 
-        rows.append(dict(op=OP, mode="fwd", method="collectives", N=n, V=width, dtype="fp32", ms=timer(collectives),
-                         world=world))
+        rows.append(
+            dict(
+                op=OP, mode="fwd", method="collectives", N=n, V=width, dtype="fp32", ms=timer(collectives), world=world
+            )
+        )
     return rows
 
 
@@ -113,9 +125,9 @@ def main() -> None:
 
     device = torch.device("cpu")
     if torch.cuda.is_available():
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
-    if int(os.environ.get("WORLD_SIZE", 1)) > 1:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     try:
         rows = run(args.rows, args.vocab, args.dtype, str(device))
@@ -127,8 +139,10 @@ def main() -> None:
             print(f"{'op':<37}{'method':<13}{'mode':<9}{'N':>7}{'V shard':>9}{'world':>6}{'ms':>10}{'vs single':>11}")
             for r in rows:
                 ratio = vs_single.get((r["method"], r["N"], r["V"], r["mode"])) if r["op"] == OP else None
-                print(f"{r['op']:<37}{r['method']:<13}{r['mode']:<9}{r['N']:>7}{r['V']:>9}{r['world']:>6}"
-                      f"{r['ms']:>10.3f}{'' if ratio is None else f'{ratio:.3f}':>11}")
+                print(
+                    f"{r['op']:<37}{r['method']:<13}{r['mode']:<9}{r['N']:>7}{r['V']:>9}{r['world']:>6}"
+                    f"{r['ms']:>10.3f}{'' if ratio is None else f'{ratio:.3f}':>11}"
+                )
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -7,8 +7,6 @@ true gradient of the checked rows.
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 
 from .names import VOCAB_PARALLEL_OP
@@ -26,13 +24,13 @@ def _pick(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return t[idx] if t.dim() else t
 
 
-def _verdict(what: str, err: float, bound: float, dtype: torch.dtype) -> Optional[str]:
+def _verdict(what: str, err: float, bound: float, dtype: torch.dtype) -> str | None:
     if err <= bound:  # False for NaN
         return None
     return f"{what}: error {err:.3g} > bound {bound:.3g} (PyTorch's own error in {dtype} + slack)"
 
 
-def check_forward(method, op: str, x: torch.Tensor, y: torch.Tensor) -> Optional[str]:
+def check_forward(method, op: str, x: torch.Tensor, y: torch.Tensor) -> str | None:
     """None when the method's forward outputs pass; else what failed."""
     n = x.shape[0]
     idx = torch.tensor(check_rows(n), device=x.device)
@@ -56,7 +54,7 @@ def _reference_grad(method, op, x_rows, y_rows, n, grads):
     return g.double()
 
 
-def check_backward(method, op: str, x: torch.Tensor, y: torch.Tensor, grads) -> Optional[str]:
+def check_backward(method, op: str, x: torch.Tensor, y: torch.Tensor, grads) -> str | None:
     """None when the method's gradient passes on the checked rows; else what failed."""
     n = x.shape[0]
     idx = torch.tensor(check_rows(n), device=x.device)

@@ -9,8 +9,8 @@ and in the logits' dtype (PyTorch's own error) by the correctness check.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -69,7 +69,7 @@ class Method:
     ops: tuple[str, ...] = SINGLE_GPU_OPS
     cuda_only: bool = False
     mutates_input: bool = False  # writes into the logits: gets its own copy
-    max_elements: Optional[int] = None  # N * V it can address
+    max_elements: int | None = None  # N * V it can address
     reference: Callable = formula
     upstream: Callable = row_grads
 
@@ -106,6 +106,7 @@ def _torch_compile() -> Method:
         "entropy": torch.compile(_entropy_fp32, dynamic=False),
         "logprobs_and_entropy": torch.compile(_logprobs_and_entropy_fp32, dynamic=False),
     }
+
     def run(op, x, y):
         # N varies from batch to batch in RL while V is fixed per model: one graph per (op, V), not per shape.
         torch._dynamo.mark_dynamic(x, 0)
@@ -119,7 +120,7 @@ def _chunked(op, x, y):
     # Checkpointed per chunk, so the backward too holds one chunk's fp32 temporaries at a time.
     parts = []
     for i in range(0, x.shape[0], CHUNK_ROWS):
-        xs, ys = x[i:i + CHUNK_ROWS], y[i:i + CHUNK_ROWS]
+        xs, ys = x[i : i + CHUNK_ROWS], y[i : i + CHUNK_ROWS]
         if x.requires_grad:
             parts.append(checkpoint(formula_fp32, op, xs, ys, use_reentrant=False))
         else:
@@ -147,8 +148,15 @@ def _liger_ce() -> Method:
 
     # Cross-entropy, not entropy: its forward writes the gradient over the logits (one read + one
     # write, the bytes of fwd+bwd), so it is timed in that mode only, as a ceiling.
-    return Method("liger_ce", run, modes=("fwd+bwd",), cuda_only=True, mutates_input=True,
-                  reference=cross_entropy_grad_formula, upstream=scalar_grad)
+    return Method(
+        "liger_ce",
+        run,
+        modes=("fwd+bwd",),
+        cuda_only=True,
+        mutates_input=True,
+        reference=cross_entropy_grad_formula,
+        upstream=scalar_grad,
+    )
 
 
 _PEERS = {"trl": ("trl", _trl), "liger_ce": ("liger_kernel", _liger_ce)}

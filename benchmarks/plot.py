@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 
-def plot(doc: dict, path: Path) -> Optional[Path]:
+def plot(doc: dict, path: Path) -> Path | None:
     """Write the PNG; None (with a printed line) when matplotlib is missing."""
     try:
         import matplotlib
@@ -22,8 +21,13 @@ def plot(doc: dict, path: Path) -> Optional[Path]:
     panel_rows = [(op, v) for op in dict.fromkeys(r["op"] for r in rows) for v in sorted({r["V"] for r in rows})]
     modes = [m for m in ("fwd", "bwd", "fwd+bwd") if any(r["mode"] == m for r in rows)]
     methods = list(dict.fromkeys(r["method"] for r in rows))
-    fig, axes = plt.subplots(len(panel_rows), len(modes), figsize=(4.5 * len(modes), 3.0 * len(panel_rows) + 1),
-                             squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        len(panel_rows),
+        len(modes),
+        figsize=(4.5 * len(modes), 3.0 * len(panel_rows) + 1),
+        squeeze=False,
+        layout="constrained",
+    )
     for i, (op, v) in enumerate(panel_rows):
         ceilings = sorted((c for c in doc.get("ceilings", []) if c["V"] == v), key=lambda c: c["N"])
         for j, mode in enumerate(modes):
@@ -33,8 +37,11 @@ def plot(doc: dict, path: Path) -> Optional[Path]:
                 ax.plot(ns, [c["copy_gbps"] for c in ceilings], "k--", lw=1, label="copy (read + write)")
                 ax.plot(ns, [c["read_gbps"] for c in ceilings], "k:", lw=1, label="read (amax)")
             for method in methods:
-                pts = sorted((r["N"], r["gbps"]) for r in rows
-                             if (r["op"], r["mode"], r["V"], r["method"]) == (op, mode, v, method))
+                pts = sorted(
+                    (r["N"], r["gbps"])
+                    for r in rows
+                    if (r["op"], r["mode"], r["V"], r["method"]) == (op, mode, v, method)
+                )
                 if pts:
                     ax.plot(*zip(*pts), marker="o", ms=3, label=method)
             ax.set_xscale("log", base=2)
@@ -47,10 +54,13 @@ def plot(doc: dict, path: Path) -> Optional[Path]:
     for ax in axes.flat:
         for handle, label in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(label, handle)
-    fig.legend(list(handles.values()), list(handles.keys()), loc="outside lower center",
-               ncol=min(len(handles), 5), fontsize=8)
-    fig.suptitle(f"{doc['device']}: torch {doc['torch']}, triton {doc['triton']}, commit {doc['commit']}, "
-                 f"{doc['date']}", fontsize=10)
+    fig.legend(
+        list(handles.values()), list(handles.keys()), loc="outside lower center", ncol=min(len(handles), 5), fontsize=8
+    )
+    fig.suptitle(
+        f"{doc['device']}: torch {doc['torch']}, triton {doc['triton']}, commit {doc['commit']}, {doc['date']}",
+        fontsize=10,
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)

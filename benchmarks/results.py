@@ -14,7 +14,6 @@ import json
 import re
 import subprocess
 from pathlib import Path
-from typing import Optional
 
 from .names import HEADLINE_SHAPES
 
@@ -25,17 +24,25 @@ def card_slug(device_name: str) -> str:
 
 def git_commit(repo: Path) -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True,
-                             timeout=10)
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=repo, check=False, capture_output=True, text=True, timeout=10
+        )
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
 
 
-def new_document(device: str, torch_version: str, triton_version: Optional[str], repo: Path) -> dict:
-    return {"device": device, "torch": torch_version, "triton": triton_version, "commit": git_commit(repo),
-            "date": datetime.datetime.now(datetime.timezone.utc).date().isoformat(),
-            "copy_gbps": None, "rows": [], "ceilings": []}
+def new_document(device: str, torch_version: str, triton_version: str | None, repo: Path) -> dict:
+    return {
+        "device": device,
+        "torch": torch_version,
+        "triton": triton_version,
+        "commit": git_commit(repo),
+        "date": datetime.datetime.now(datetime.timezone.utc).date().isoformat(),
+        "copy_gbps": None,
+        "rows": [],
+        "ceilings": [],
+    }
 
 
 def results_path(output_dir: Path, doc: dict, prefix: str = "") -> Path:
@@ -50,7 +57,7 @@ def write(path: Path, doc: dict) -> None:
     tmp.replace(path)
 
 
-def newest(output_dir: Path) -> Optional[Path]:
+def newest(output_dir: Path) -> Path | None:
     """The benchmark results file with the latest date (then modification time); sweeps excluded."""
     files = [p for p in Path(output_dir).glob("*.json") if not p.name.startswith("sweep-")]
     if not files:

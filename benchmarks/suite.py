@@ -5,7 +5,6 @@ from __future__ import annotations
 import gc
 import time
 from pathlib import Path
-from typing import Optional
 
 import torch
 
@@ -77,15 +76,24 @@ def measure_ceilings(x: torch.Tensor, device: torch.device) -> dict:
     copy_ms = median_ms(lambda: out.copy_(x), device, warmup_ms=WARMUP_MS, rep_ms=REP_MS)
     read_ms = median_ms(lambda: x.amax(-1), device, warmup_ms=WARMUP_MS, rep_ms=REP_MS)
     es = x.element_size()
-    return {"N": n, "V": v, "dtype": DTYPE_NAMES[x.dtype], "copy_ms": copy_ms,
-            "copy_gbps": gbps(copy_bytes(n, v, es), copy_ms), "read_ms": read_ms,
-            "read_gbps": gbps(read_bytes(n, v, es), read_ms)}
+    return {
+        "N": n,
+        "V": v,
+        "dtype": DTYPE_NAMES[x.dtype],
+        "copy_ms": copy_ms,
+        "copy_gbps": gbps(copy_bytes(n, v, es), copy_ms),
+        "read_ms": read_ms,
+        "read_gbps": gbps(read_bytes(n, v, es), read_ms),
+    }
 
 
 def _print_row(row: dict) -> None:
     peak = "" if row["peak_extra_bytes"] is None else f"  peak +{row['peak_extra_bytes'] / 2**20:.1f} MiB"
-    print(f"  {row['op']:<35} {row['mode']:<7} {row['method']:<13} {row['N']:>6} x {row['V']:<6} "
-          f"{row['ms']:9.3f} ms {row['gbps']:8.1f} GB/s {row['pct_copy']:6.1f}% copy{peak}", flush=True)
+    print(
+        f"  {row['op']:<35} {row['mode']:<7} {row['method']:<13} {row['N']:>6} x {row['V']:<6} "
+        f"{row['ms']:9.3f} ms {row['gbps']:8.1f} GB/s {row['pct_copy']:6.1f}% copy{peak}",
+        flush=True,
+    )
 
 
 def bench_method(method, op: str, modes, x, y, device, copy_gbps: float) -> list[dict]:
@@ -100,8 +108,10 @@ def bench_method(method, op: str, modes, x, y, device, copy_gbps: float) -> list
         return []
     grads = method.upstream(op, n, device)
     passed = []
-    for group, check in ((["fwd"], lambda: check_forward(method, op, x, y)),
-                         (["bwd", "fwd+bwd"], lambda: check_backward(method, op, x, y, grads))):
+    for group, check in (
+        (["fwd"], lambda: check_forward(method, op, x, y)),
+        (["bwd", "fwd+bwd"], lambda: check_backward(method, op, x, y, grads)),
+    ):
         todo = [m for m in wanted if m in group]
         if not todo:
             continue
@@ -129,15 +139,26 @@ def bench_method(method, op: str, modes, x, y, device, copy_gbps: float) -> list
         case = None
         _free(device)
         rate = gbps(minimal_bytes(op, mode, n, v, x.element_size()), ms)
-        row = {"op": op, "mode": mode, "method": method.name, "N": n, "V": v, "dtype": DTYPE_NAMES[x.dtype],
-               "ms": ms, "gbps": rate, "pct_copy": 100.0 * rate / copy_gbps, "peak_extra_bytes": peak}
+        row = {
+            "op": op,
+            "mode": mode,
+            "method": method.name,
+            "N": n,
+            "V": v,
+            "dtype": DTYPE_NAMES[x.dtype],
+            "ms": ms,
+            "gbps": rate,
+            "pct_copy": 100.0 * rate / copy_gbps,
+            "peak_extra_bytes": peak,
+        }
         _print_row(row)
         rows.append(row)
     return rows
 
 
-def run(shapes, ops, modes, method_names, dtype: torch.dtype, output_dir: Path, repo: Path,
-        budget_s: Optional[float] = None) -> Path:
+def run(
+    shapes, ops, modes, method_names, dtype: torch.dtype, output_dir: Path, repo: Path, budget_s: float | None = None
+) -> Path:
     """Benchmark every shape, writing ``<card>-<date>.json`` after each and the PNG at the end."""
     device = bench_device()
     start = time.perf_counter()
@@ -148,8 +169,10 @@ def run(shapes, ops, modes, method_names, dtype: torch.dtype, output_dir: Path, 
     if device.type == "cpu":
         # CPU shapes are tiny: a thread pool spinning on a shared machine would dominate every figure.
         torch.set_num_threads(1)
-        print("no CUDA GPU: aer_kernels runs its PyTorch reference path (or the Triton interpreter under "
-              "TRITON_INTERPRET=1); these are CPU figures, kernel figures need a GPU")
+        print(
+            "no CUDA GPU: aer_kernels runs its PyTorch reference path (or the Triton interpreter under "
+            "TRITON_INTERPRET=1); these are CPU figures, kernel figures need a GPU"
+        )
     for line in skipped:
         print(line)
 
@@ -167,8 +190,11 @@ def run(shapes, ops, modes, method_names, dtype: torch.dtype, output_dir: Path, 
             y = make_targets(n, v, device)
             ceiling = measure_ceilings(x, device)
             doc["ceilings"].append(ceiling)
-            print(f"{n} x {v} {DTYPE_NAMES[dtype]}: copy {ceiling['copy_ms']:.3f} ms = {ceiling['copy_gbps']:.1f} GB/s,"
-                  f" read (amax) {ceiling['read_ms']:.3f} ms = {ceiling['read_gbps']:.1f} GB/s", flush=True)
+            print(
+                f"{n} x {v} {DTYPE_NAMES[dtype]}: copy {ceiling['copy_ms']:.3f} ms = {ceiling['copy_gbps']:.1f} GB/s,"
+                f" read (amax) {ceiling['read_ms']:.3f} ms = {ceiling['read_gbps']:.1f} GB/s",
+                flush=True,
+            )
             shape_rows = []
             for i, method in enumerate(methods):
                 if over_budget(f"{', '.join(m.name for m in methods[i:])} at {n}x{v}, and later shapes"):
@@ -179,8 +205,10 @@ def run(shapes, ops, modes, method_names, dtype: torch.dtype, output_dir: Path, 
                     shape_rows += new_rows
                 results.write(path, doc)
             for (name, _, _, mode), ratio in bench_vocab_parallel.ratios(shape_rows).items():
-                print(f"  {name} {mode}: {bench_vocab_parallel.OP} costs {ratio:.3f}x "
-                      f"{bench_vocab_parallel.SINGLE_OP} (world size 1)")
+                print(
+                    f"  {name} {mode}: {bench_vocab_parallel.OP} costs {ratio:.3f}x "
+                    f"{bench_vocab_parallel.SINGLE_OP} (world size 1)"
+                )
             del x, y
             _free(device)
     finally:

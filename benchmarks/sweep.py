@@ -11,7 +11,6 @@ from __future__ import annotations
 import itertools
 import time
 from pathlib import Path
-from typing import Optional
 
 import torch
 
@@ -57,10 +56,25 @@ class _Shape:
         if kernel == "fwd":
             h, stats = torch.empty_like(self.h), torch.empty_like(self.stats)
             return lambda: _triton.forward(self.x, self.layout, None, None, 1.0, h, None, stats, config=cfg), h
-        return (lambda: _triton.backward(self.x, self.layout, self.grad, self.layout, None, None, self.stats, self.h,
-                                         self.gh, None, 1.0, config=cfg), self.grad)
+        return (
+            lambda: _triton.backward(
+                self.x,
+                self.layout,
+                self.grad,
+                self.layout,
+                None,
+                None,
+                self.stats,
+                self.h,
+                self.gh,
+                None,
+                1.0,
+                config=cfg,
+            ),
+            self.grad,
+        )
 
-    def error(self, kernel: str, out: torch.Tensor) -> Optional[str]:
+    def error(self, kernel: str, out: torch.Tensor) -> str | None:
         if kernel == "fwd":
             err = (out[self.idx].double() - self.h64).abs().max().item()
             return None if err <= H_ATOL else f"H error {err:.3g} > {H_ATOL}"
@@ -71,8 +85,14 @@ class _Shape:
 
 
 def _measure(shape: _Shape, kernel: str, cfg: LaunchConfig, copy_gbps: float) -> dict:
-    row = {"kernel": kernel, "N": shape.n, "V": shape.v, "dtype": DTYPE_NAMES[shape.x.dtype], **cfg._asdict(),
-           "block_v": cfg.block_v}
+    row = {
+        "kernel": kernel,
+        "N": shape.n,
+        "V": shape.v,
+        "dtype": DTYPE_NAMES[shape.x.dtype],
+        **cfg._asdict(),
+        "block_v": cfg.block_v,
+    }
     try:
         run, out = shape.launcher(kernel, cfg)
         run()
@@ -97,13 +117,15 @@ def _staged_candidates(default: LaunchConfig, n: int, v: int, elem_size: int, nu
             yield make_config(v, elem_size, cfg.num_warps, cfg.unroll, s)
 
 
-def run(shapes, dtype: torch.dtype, output_dir: Path, repo: Path, budget_s: Optional[float] = None) -> Optional[Path]:
+def run(shapes, dtype: torch.dtype, output_dir: Path, repo: Path, budget_s: float | None = None) -> Path | None:
     from aer_kernels._validate import interpreter_enabled
 
     device = bench_device()
     if device.type != "cuda" and not interpreter_enabled():
-        print("sweep: the launch sweep times the Triton kernels and needs a CUDA GPU "
-              "(TRITON_INTERPRET=1 runs it on a CPU as a dry run, timings meaningless)")
+        print(
+            "sweep: the launch sweep times the Triton kernels and needs a CUDA GPU "
+            "(TRITON_INTERPRET=1 runs it on a CPU as a dry run, timings meaningless)"
+        )
         return None
     num_sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
     doc = environment(device, repo)
@@ -150,8 +172,9 @@ def run(shapes, dtype: torch.dtype, output_dir: Path, repo: Path, budget_s: Opti
 
 
 def _fmt(cfg: LaunchConfig, row: dict) -> str:
-    what = (f"warps={cfg.num_warps} unroll={cfg.unroll} block_v={cfg.block_v} splits={cfg.splits}"
-            f" split_len={cfg.split_len}")
+    what = (
+        f"warps={cfg.num_warps} unroll={cfg.unroll} block_v={cfg.block_v} splits={cfg.splits} split_len={cfg.split_len}"
+    )
     if "ms" not in row:
         return f"{what}: {row['error']}"
     return f"{what}: {row['ms']:.4f} ms, {row['gbps']:.0f} GB/s, {row['pct_copy']:.1f}% of copy"

@@ -24,7 +24,11 @@ CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if CUDA else "cpu")
 DTYPE = torch.bfloat16
 SHAPES = [(8192, 151936), (2048, 151936)] if CUDA else [(64, 1000)]
-KERNEL_METHODS = {"torch_compile", "trl", "liger_ce"}  # CPU timings of these say nothing (aer_kernels: its reference path)
+KERNEL_METHODS = {
+    "torch_compile",
+    "trl",
+    "liger_ce",
+}  # CPU timings of these say nothing (aer_kernels: its reference path)
 
 
 @functools.lru_cache(maxsize=len(SHAPES))  # the shape varies fastest over the tests: keep each one's logits
@@ -33,7 +37,7 @@ def _inputs(n: int, v: int):
     return x, make_targets(n, v, DEVICE), measure_ceilings(x, DEVICE)["copy_gbps"]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _method(name: str):
     methods, skipped = build_methods([name], DTYPE, DEVICE)
     return (methods[0], None) if methods else (None, skipped[0])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import torch
 
@@ -52,7 +52,7 @@ def fixed_reps_ms(fn: Callable[[], object], device: torch.device, reps: int = 50
     return statistics.median(start.elapsed_time(end) for start, end in events)
 
 
-def peak_extra_bytes(fn: Callable[[], object], device: torch.device) -> Optional[int]:
+def peak_extra_bytes(fn: Callable[[], object], device: torch.device) -> int | None:
     """Peak allocated during one call minus what was allocated before it (outputs included); None on CPU."""
     if device.type != "cuda":
         return None

@@ -39,8 +39,9 @@ def max_err(a, b):
     """Max abs difference over finite entries; the non-finite entries must match exactly."""
     a, b = a.double(), b.double()
     assert torch.equal(torch.isnan(a), torch.isnan(b)), "NaN pattern differs"
-    assert torch.equal(torch.isinf(a), torch.isinf(b)) and torch.equal(a[torch.isinf(a)], b[torch.isinf(b)]), \
+    assert torch.equal(torch.isinf(a), torch.isinf(b)) and torch.equal(a[torch.isinf(a)], b[torch.isinf(b)]), (
         "inf pattern differs"
+    )
     finite = torch.isfinite(a)
     return (a[finite] - b[finite]).abs().max().item() if finite.any() else 0.0
 

@@ -92,7 +92,7 @@ def test_opcheck(backend, device):
     torch.library.opcheck(forward, (x, y, mask, 0.8, backend, False))
     torch.library.opcheck(forward, (x, None, None, 1.0, backend, False))
     torch.library.opcheck(forward, (x, y, mask, 1.0, backend, False, t))
-    h, logp, stats = torch.ops.aer_kernels.forward(x.detach(), y, mask, 0.8, backend, False)
+    h, _logp, stats = torch.ops.aer_kernels.forward(x.detach(), y, mask, 0.8, backend, False)
     g = torch.randn_like(h)
     torch.library.opcheck(backward, (x.detach(), y, mask, stats, h, g, g, 0.8, backend))
     torch.library.opcheck(backward, (x.detach(), y, mask, stats, h, g, g, 1.0, backend, t))

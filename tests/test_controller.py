@@ -22,14 +22,23 @@ def trajectory(ctrl: AERController, entropies: list[float]) -> list[float]:
     return coefs
 
 
-
-
 def test_config_defaults():
     cfg = AERConfig()
     assert dataclasses.asdict(cfg) == {
-        "weighting": "linear", "threshold": 0.5, "normalize_weights": False, "success_threshold": 0.5,
-        "target_ratio": 0.5, "anchor_steps": 1, "absolute_target": None, "update": "sign", "coef_init": 0.0,
-        "coef_step": 1e-4, "coef_min": 0.0, "coef_max": 5e-3, "tolerance": 0.0, "gate_above_target": False,
+        "weighting": "linear",
+        "threshold": 0.5,
+        "normalize_weights": False,
+        "success_threshold": 0.5,
+        "target_ratio": 0.5,
+        "anchor_steps": 1,
+        "absolute_target": None,
+        "update": "sign",
+        "coef_init": 0.0,
+        "coef_step": 1e-4,
+        "coef_min": 0.0,
+        "coef_max": 5e-3,
+        "tolerance": 0.0,
+        "gate_above_target": False,
     }
 
 
@@ -88,8 +97,6 @@ def test_log_rule_accepts_positive_coef_init():
     assert AERConfig(update="log", coef_init=1e-3).coef_init == 1e-3
 
 
-
-
 def test_anchoring_is_token_weighted_over_several_updates_and_holds_alpha():
     ctrl = AERController(AERConfig(anchor_steps=3, target_ratio=0.5, coef_init=1e-3, coef_step=1e-3))
     # (Σ H·mask, Σ mask) per step: token means 1.0, 1.5, 0.5; their plain mean would be 1.0.
@@ -129,8 +136,6 @@ def test_target_ratio_scales_the_anchor():
     ctrl = AERController(AERConfig(target_ratio=0.8))
     ctrl.update(2.5, 1.0)
     assert ctrl.target_entropy == pytest.approx(2.0, **EXACT)
-
-
 
 
 def test_sign_rule_trajectory_with_clipping_at_both_bounds():
@@ -181,8 +186,6 @@ def test_zero_step_never_moves_alpha():
     assert trajectory(ctrl, [0.1, 5.0]) == [1e-3, 1e-3]
 
 
-
-
 def test_gate_zeroes_alpha_while_entropy_is_above_target():
     cfg = AERConfig(update="sign", coef_init=2e-3, coef_step=1e-3, gate_above_target=True)
     ctrl = AERController(cfg)
@@ -214,11 +217,19 @@ def skywork_or1_reference(entropies, target=0.2, step=1e-4, lo=0.0, hi=5e-3):
 
 
 def test_skywork_or1_configuration_reproduces_its_controller():
-    cfg = AERConfig(absolute_target=0.2, weighting="uniform", update="sign", gate_above_target=True,
-                    coef_init=0.0, coef_step=1e-4, coef_min=0.0, coef_max=5e-3)
+    cfg = AERConfig(
+        absolute_target=0.2,
+        weighting="uniform",
+        update="sign",
+        gate_above_target=True,
+        coef_init=0.0,
+        coef_step=1e-4,
+        coef_min=0.0,
+        coef_max=5e-3,
+    )
     gen = torch.Generator().manual_seed(0)
     # A long stretch below target (α saturates at coef_max), then noise around it, then above (α back to 0).
-    entropies = ([0.1] * 60 + (0.2 + 0.05 * torch.randn(100, generator=gen)).tolist() + [0.3] * 60)
+    entropies = [0.1] * 60 + (0.2 + 0.05 * torch.randn(100, generator=gen)).tolist() + [0.3] * 60
     assert 0.2 not in entropies  # the rules differ only on exact ties
     ctrl = AERController(cfg)
     assert ctrl.target_entropy == 0.2 and ctrl.coefficient == 0.0
@@ -241,7 +252,6 @@ def test_absolute_target_overrides_the_ratio():
     ctrl.update(3.0, 1.0)
     ctrl.update(1.0, 1.0)
     assert ctrl.target_entropy == 0.7 and ctrl.initial_entropy == 2.0
-
 
 
 ACC = torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0])  # all-wrong ... all-correct
@@ -296,14 +306,16 @@ def test_coefficients_are_detached_and_follow_alpha():
 
 @pytest.mark.parametrize(
     "acc, group_size, name",
-    [(torch.zeros(2, 2), 2, "acc"), ([0.5], 2, "acc"), (torch.zeros(2), 0, "group_size"),
-     (torch.zeros(2), 2.0, "group_size")],
+    [
+        (torch.zeros(2, 2), 2, "acc"),
+        ([0.5], 2, "acc"),
+        (torch.zeros(2), 0, "group_size"),
+        (torch.zeros(2), 2.0, "group_size"),
+    ],
 )
 def test_coefficients_validate_arguments(acc, group_size, name):
     with pytest.raises(ValueError, match=name):
         AERController().coefficients(acc, group_size=group_size)
-
-
 
 
 def test_update_accepts_tensors_like_floats():
@@ -325,9 +337,15 @@ def test_update_validates_arguments(entropy_sum, token_count, name):
 
 @pytest.mark.parametrize(
     "entropy_sum, token_count, name",
-    [(-1e-3, 4.0, "entropy_sum"), (torch.tensor(-2.0, dtype=torch.float64), torch.tensor(3.0), "entropy_sum"),
-     (-5.0, 0.0, "entropy_sum"), (1.0, -2.0, "token_count"), (1.0, math.nan, "token_count"),
-     (1.0, math.inf, "token_count"), (math.nan, torch.tensor(-math.inf), "token_count")],
+    [
+        (-1e-3, 4.0, "entropy_sum"),
+        (torch.tensor(-2.0, dtype=torch.float64), torch.tensor(3.0), "entropy_sum"),
+        (-5.0, 0.0, "entropy_sum"),
+        (1.0, -2.0, "token_count"),
+        (1.0, math.nan, "token_count"),
+        (1.0, math.inf, "token_count"),
+        (math.nan, torch.tensor(-math.inf), "token_count"),
+    ],
 )
 def test_update_rejects_impossible_sums_and_leaves_state_untouched(entropy_sum, token_count, name):
     """An entropy is never negative and a token count is a finite number >= 0: anything else is a caller's
@@ -414,8 +432,13 @@ def test_bad_steps_are_skipped_counted_warned_once_and_leave_state_untouched():
     ctrl = AERController(AERConfig(anchor_steps=2, coef_init=1e-3))
     ctrl.update(3.0, 2.0)
     before = ctrl.state_dict()
-    bad = [(math.nan, 4.0), (math.inf, 4.0), (5.0, 0.0), (torch.tensor(-math.inf), torch.tensor(3)),
-           (0.0, torch.tensor(0))]
+    bad = [
+        (math.nan, 4.0),
+        (math.inf, 4.0),
+        (5.0, 0.0),
+        (torch.tensor(-math.inf), torch.tensor(3)),
+        (0.0, torch.tensor(0)),
+    ]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for s, n in bad:
@@ -427,10 +450,16 @@ def test_bad_steps_are_skipped_counted_warned_once_and_leave_state_untouched():
     assert ctrl.initial_entropy == 1.0 and ctrl.step == 2
 
 
-
-
-METRIC_KEYS = {"aer/entropy", "aer/initial_entropy", "aer/target_entropy", "aer/coef", "aer/weight_mean",
-               "aer/frac_weighted", "aer/skipped_updates", "aer/step"}
+METRIC_KEYS = {
+    "aer/entropy",
+    "aer/initial_entropy",
+    "aer/target_entropy",
+    "aer/coef",
+    "aer/weight_mean",
+    "aer/frac_weighted",
+    "aer/skipped_updates",
+    "aer/step",
+}
 
 
 def test_metrics_before_anything_use_nan_for_undefined_values():
@@ -448,9 +477,16 @@ def test_metrics_after_steps():
     ctrl.update(2.0, 2.0)
     m = ctrl.metrics()
     assert set(m) == METRIC_KEYS and all(type(v) is float for v in m.values())
-    assert m == {"aer/entropy": 1.0, "aer/initial_entropy": 2.0, "aer/target_entropy": 1.0, "aer/coef": 1e-3,
-                 "aer/weight_mean": 0.5, "aer/frac_weighted": 0.75, "aer/skipped_updates": 0.0, "aer/step": 2.0}
-
+    assert m == {
+        "aer/entropy": 1.0,
+        "aer/initial_entropy": 2.0,
+        "aer/target_entropy": 1.0,
+        "aer/coef": 1e-3,
+        "aer/weight_mean": 0.5,
+        "aer/frac_weighted": 0.75,
+        "aer/skipped_updates": 0.0,
+        "aer/step": 2.0,
+    }
 
 
 RULES = [
@@ -529,15 +565,33 @@ def checkpointed_state() -> dict:
 @pytest.mark.parametrize(
     "key, bad",
     [
-        ("coef", math.nan), ("coef", math.inf), ("coef", -math.inf), ("coef", 1e9), ("coef", -1e-3),
-        ("coef", "0.001"), ("coef", True), ("coef", None),
-        ("step", "7"), ("step", -3), ("step", 3.0), ("step", True),
-        ("skipped_updates", -1), ("skipped_updates", None), ("skipped_updates", 0.5),
-        ("anchor_entropy_sum", -4.0), ("anchor_entropy_sum", math.nan), ("anchor_entropy_sum", "4"),
-        ("anchor_token_count", -4.0), ("anchor_token_count", math.inf),
-        ("initial_entropy", math.nan), ("initial_entropy", -1.0), ("initial_entropy", "high"),
+        ("coef", math.nan),
+        ("coef", math.inf),
+        ("coef", -math.inf),
+        ("coef", 1e9),
+        ("coef", -1e-3),
+        ("coef", "0.001"),
+        ("coef", True),
+        ("coef", None),
+        ("step", "7"),
+        ("step", -3),
+        ("step", 3.0),
+        ("step", True),
+        ("skipped_updates", -1),
+        ("skipped_updates", None),
+        ("skipped_updates", 0.5),
+        ("anchor_entropy_sum", -4.0),
+        ("anchor_entropy_sum", math.nan),
+        ("anchor_entropy_sum", "4"),
+        ("anchor_token_count", -4.0),
+        ("anchor_token_count", math.inf),
+        ("initial_entropy", math.nan),
+        ("initial_entropy", -1.0),
+        ("initial_entropy", "high"),
         ("initial_entropy", math.inf),
-        ("last_entropy", math.nan), ("last_entropy", -0.1), ("last_entropy", False),
+        ("last_entropy", math.nan),
+        ("last_entropy", -0.1),
+        ("last_entropy", False),
     ],
 )
 def test_load_state_dict_rejects_corrupt_values_naming_the_key(key, bad):

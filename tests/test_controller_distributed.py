@@ -8,14 +8,21 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
+from gloo_workers import run_workers
 
 from aer import AERConfig, AERController, entropy_stats, group_accuracy
-from gloo_workers import run_workers
 
 pytestmark = pytest.mark.distributed
 
-CONFIG = AERConfig(update="proportional", anchor_steps=2, target_ratio=1.0, coef_init=0.05, coef_step=0.1,
-                   coef_max=1.0, weighting="signed")
+CONFIG = AERConfig(
+    update="proportional",
+    anchor_steps=2,
+    target_ratio=1.0,
+    coef_init=0.05,
+    coef_step=0.1,
+    coef_max=1.0,
+    weighting="signed",
+)
 PROMPTS, GROUP, TOKENS, STEPS = 7, 4, 6, 8
 NAN_STEP = 5  # a NaN entropy on one rank's shard: every rank must skip together
 EMPTY_STEP = 3  # prompts 0-2 without tokens: with 3 ranks, rank 0 contributes nothing, and no rank skips
@@ -59,8 +66,13 @@ def run(ctrl: AERController, responses: torch.Tensor, **update_kwargs) -> dict:
 
 
 def worker(rank: int, port: int, world_size: int, out_dir: str) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size,
-                            timeout=datetime.timedelta(seconds=60))
+    dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=world_size,
+        timeout=datetime.timedelta(seconds=60),
+    )
     try:
         calls = []
         all_reduce = dist.all_reduce
@@ -97,7 +109,7 @@ def test_every_rank_matches_a_single_process_on_the_concatenated_batch(world_siz
         # One all-reduce per update, of a 2-element fp64 CPU tensor under gloo.
         assert result["calls"] == [[[2], "torch.float64", "cpu"]] * STEPS
     for step in range(STEPS):  # the ranks' coefficients, concatenated, are the single-process ones
-        assert sum((r["world"]["lambdas"][step] for r in results), []) == single["lambdas"][step]
+        assert [c for r in results for c in r["world"]["lambdas"][step]] == single["lambdas"][step]
 
     pair = run(AERController(CONFIG), torch.cat([shard(world_size, 0), shard(world_size, 1)]))
     for rank in (0, 1):

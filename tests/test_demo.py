@@ -148,8 +148,11 @@ def test_help_documents_quick_target_ratio_threads_and_reproducibility(capsys):
 
 @pytest.mark.parametrize(
     "argv, message",
-    [(["--threads", "0"], "must be an integer >= 1, got 0"), (["--steps", "0"], "must be an integer >= 1, got 0"),
-     (["--threads", "two"], "invalid")],
+    [
+        (["--threads", "0"], "must be an integer >= 1, got 0"),
+        (["--steps", "0"], "must be an integer >= 1, got 0"),
+        (["--threads", "two"], "invalid"),
+    ],
 )
 def test_command_line_rejects_bad_counts(argv, message, capsys):
     with pytest.raises(SystemExit):
@@ -193,8 +196,11 @@ def fake_summary(pass1: list[float], standard_error: float) -> dict:
 
 
 def test_accuracy_axes_fit_the_arms_that_did_not_collapse_with_standard_errors():
-    arms = {"steady": fake_summary([0.4, 0.45, 0.5], 0.03), "collapsed": fake_summary([0.4, 0.0, 0.0], 0.0),
-            "aer": fake_summary([0.4, 0.5, 0.55], 0.02)}
+    arms = {
+        "steady": fake_summary([0.4, 0.45, 0.5], 0.03),
+        "collapsed": fake_summary([0.4, 0.0, 0.0], 0.0),
+        "aer": fake_summary([0.4, 0.5, 0.55], 0.02),
+    }
     figure = plots.accuracy_figure(arms, 8, "title")
     try:
         for axis, shift in zip(figure.axes, (0.0, 0.2)):

@@ -4,9 +4,9 @@ import math
 
 import pytest
 import torch
+from numerics import assert_within_rule, formula, max_err, realistic_logits, truth
 
 import aer_kernels as ak
-from numerics import assert_within_rule, formula, max_err, realistic_logits, truth
 
 pytestmark = pytest.mark.usefixtures("nan_poisoned_empty")
 
@@ -22,8 +22,9 @@ def run(x, targets, temperature, mask, backend, grad_h=None, grad_logp=None, inp
     if targets is None:
         h, logp = ak.entropy(src, temperature=temperature, mask=mask, backend=backend), None
     else:
-        logp, h = ak.logprobs_and_entropy(src, targets, temperature=temperature, mask=mask, backend=backend,
-                                          inplace_backward=inplace)
+        logp, h = ak.logprobs_and_entropy(
+            src, targets, temperature=temperature, mask=mask, backend=backend, inplace_backward=inplace
+        )
     loss = 0.0
     if grad_h is not None:
         loss = loss + (h * grad_h).sum()
@@ -91,7 +92,7 @@ def test_3d_and_strided_views(backend, device):
         "transposed": full.transpose(0, 1),  # leading dims not collapsible: copied once
         "strided vocab": full[..., ::2],  # last-dim stride 2: copied once
     }
-    for name, x in views.items():
+    for x in views.values():
         targets = torch.randint(x.shape[-1], x.shape[:-1], generator=g).to(device)
         mask = torch.rand(x.shape[:-1], generator=g).to(device) > 0.3
         gh, gl = torch.randn(2, *x.shape[:-1], generator=g).to(device)
@@ -193,16 +194,19 @@ def test_deterministic(backend, device):
     first = run(x, targets, 0.7, None, backend, gh, gl)
     second = run(x, targets, 0.7, None, backend, gh, gl)
     for a, b in zip(first, second):
-        assert torch.equal(a.view(torch.uint8) if a.dtype == torch.bfloat16 else a, 
-                           b.view(torch.uint8) if b.dtype == torch.bfloat16 else b)
+        assert torch.equal(
+            a.view(torch.uint8) if a.dtype == torch.bfloat16 else a,
+            b.view(torch.uint8) if b.dtype == torch.bfloat16 else b,
+        )
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_inputs_unchanged(backend, device, dtype):
     x = torch.randn(3, 4, 77, device=device, dtype=dtype, requires_grad=True)
     saved = x.detach().clone()
-    logp, h = ak.logprobs_and_entropy(x, torch.zeros(3, 4, dtype=torch.long, device=device), temperature=0.5,
-                                      backend=backend)
+    logp, h = ak.logprobs_and_entropy(
+        x, torch.zeros(3, 4, dtype=torch.long, device=device), temperature=0.5, backend=backend
+    )
     (logp.sum() + h.sum()).backward()
     assert torch.equal(x.detach(), saved)
 
@@ -221,8 +225,9 @@ def test_inplace_backward_matches(backend, device):
 def test_inplace_backward_writes_into_logits(backend, device):
     leaf = torch.randn(3, 64, device=device, requires_grad=True)
     logits = leaf * 2.0
-    logp, h = ak.logprobs_and_entropy(logits, torch.zeros(3, dtype=torch.long, device=device),
-                                      backend=backend, inplace_backward=True)
+    logp, h = ak.logprobs_and_entropy(
+        logits, torch.zeros(3, dtype=torch.long, device=device), backend=backend, inplace_backward=True
+    )
     (logp.sum() + h.sum()).backward(retain_graph=True)
     assert torch.allclose(logits.detach() * 2.0, leaf.grad)  # logits now hold dL/dlogits
 
@@ -237,7 +242,7 @@ def test_inplace_backward_refuses_to_corrupt(backend, device):
     # A second loss that saved the same logits (pow saves its input). When its backward runs after ours
     # (it was recorded first), autograd's version counter refuses the overwritten value...
     logits = leaf * 1.0
-    other = (logits ** 2).sum()
+    other = (logits**2).sum()
     logp, _ = ak.logprobs_and_entropy(logits, targets, backend=backend, inplace_backward=True)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         (logp.sum() + other).backward()
@@ -245,7 +250,7 @@ def test_inplace_backward_refuses_to_corrupt(backend, device):
     leaf.grad = None
     logits = leaf * 1.0
     logp, _ = ak.logprobs_and_entropy(logits, targets, backend=backend, inplace_backward=True)
-    (logp.sum() + (logits ** 2).sum()).backward()
+    (logp.sum() + (logits**2).sum()).backward()
     expected = 2 * leaf.detach() - torch.softmax(leaf.detach(), -1)
     expected[:, 0] += 1
     assert torch.allclose(leaf.grad, expected, atol=1e-6)

@@ -5,9 +5,9 @@ import math
 
 import pytest
 import torch
+from numerics import assert_within_rule, formula, realistic_logits, truth
 
 import aer_kernels as ak
-from numerics import assert_within_rule, formula, realistic_logits, truth
 
 X = torch.randn(2, 3, 11)
 Y = torch.zeros(2, 3, dtype=torch.long)
@@ -31,8 +31,11 @@ ENTROPY_ERRORS = [
     (dict(temperature=torch.tensor(1.0)), TypeError, "temperature must be a Python float"),
     (dict(temperature="1"), TypeError, "temperature must be a Python float"),
     (dict(mask=torch.ones(2, 3)), TypeError, "mask must be a bool tensor"),
-    (dict(mask=torch.ones(3, 2, dtype=torch.bool)), ValueError,
-     r"mask must have shape logits.shape\[:-1\] = \(2, 3\), got \(3, 2\)"),
+    (
+        dict(mask=torch.ones(3, 2, dtype=torch.bool)),
+        ValueError,
+        r"mask must have shape logits.shape\[:-1\] = \(2, 3\), got \(3, 2\)",
+    ),
     (dict(mask=torch.ones(2, 3, dtype=torch.bool, device="meta")), ValueError, "mask is on meta"),
     (dict(backend="cuda"), ValueError, "backend must be one of"),
 ]
@@ -56,8 +59,9 @@ def call(how, fn, *args, **kwargs):
     if how == "eager":
         return fn(*args, **kwargs)
     torch._dynamo.reset()
-    compiled = torch.compile(lambda a, k: fn(*a, **k), fullgraph=True, backend="eager",
-                             dynamic=True if how == "compiled-dynamic" else None)
+    compiled = torch.compile(
+        lambda a, k: fn(*a, **k), fullgraph=True, backend="eager", dynamic=True if how == "compiled-dynamic" else None
+    )
     return compiled(args, kwargs)
 
 
@@ -153,5 +157,5 @@ def test_inplace_backward_refused_under_compile():
     def f(x):
         return ak.logprobs_and_entropy(x, torch.zeros(2, dtype=torch.long), inplace_backward=True)
 
-    with pytest.raises(ValueError, match="inplace_backward=True is not supported under torch.compile"):
+    with pytest.raises(ValueError, match=r"inplace_backward=True is not supported under torch\.compile"):
         f(logits)

@@ -35,11 +35,11 @@ def _logits(n, v, dtype, seed=0):
     x = torch.empty(n, v, device="cuda", dtype=dtype)
     step = max(1, (1 << 26) // v)
     for i in range(0, n, step):
-        chunk = torch.randn(min(step, n - i), v, device="cuda", generator=gen) * std[i:i + step]
+        chunk = torch.randn(min(step, n - i), v, device="cuda", generator=gen) * std[i : i + step]
         rows = torch.arange(i, i + len(chunk), device="cuda")
         peaked = rows % 8 == 0
         chunk[peaked, (rows * 7919 % v)[peaked]] = chunk.amax(-1)[peaked] + 30.0
-        x[i:i + len(chunk)] = chunk
+        x[i : i + len(chunk)] = chunk
     return x
 
 
@@ -67,17 +67,19 @@ def _kernel(op, x, y, **kwargs):
 
 
 def _truth_outputs(op, x, y, temperature=1.0):
-    parts = [_formula(op, x[i:i + TRUTH_ROWS].double() / temperature, y[i:i + TRUTH_ROWS])
-             for i in range(0, len(x), TRUTH_ROWS)]
+    parts = [
+        _formula(op, x[i : i + TRUTH_ROWS].double() / temperature, y[i : i + TRUTH_ROWS])
+        for i in range(0, len(x), TRUTH_ROWS)
+    ]
     return tuple(torch.cat(p) for p in zip(*parts))
 
 
 def _truth_grad(op, x, y, grads, temperature=1.0):
     out = torch.empty(x.shape, device="cuda", dtype=torch.float64)
     for i in range(0, len(x), TRUTH_ROWS):
-        z = x[i:i + TRUTH_ROWS].double().requires_grad_(True)
-        outs = _formula(op, z / temperature, y[i:i + TRUTH_ROWS])
-        (out[i:i + TRUTH_ROWS],) = torch.autograd.grad(outs, z, tuple(g[i:i + TRUTH_ROWS].double() for g in grads))
+        z = x[i : i + TRUTH_ROWS].double().requires_grad_(True)
+        outs = _formula(op, z / temperature, y[i : i + TRUTH_ROWS])
+        (out[i : i + TRUTH_ROWS],) = torch.autograd.grad(outs, z, tuple(g[i : i + TRUTH_ROWS].double() for g in grads))
     return out
 
 
@@ -136,8 +138,14 @@ def test_int64_offsets_past_2_31_elements(op):
     xr, yr, gr = x[rows], y[rows], tuple(g[rows] for g in grads)
     for o, t, p in zip(outs, _truth_outputs(op, xr, yr), _formula(op, xr, yr)):
         _assert_no_worse(o[rows], t, p, torch.bfloat16, f"{op} outputs at rows near 2**31 elements")
-    _assert_no_worse(grad[rows], _truth_grad(op, xr, yr, gr), _dtype_grad(op, xr, yr, gr), torch.bfloat16,
-                     f"{op} gradient at rows near 2**31 elements", relative=True)
+    _assert_no_worse(
+        grad[rows],
+        _truth_grad(op, xr, yr, gr),
+        _dtype_grad(op, xr, yr, gr),
+        torch.bfloat16,
+        f"{op} gradient at rows near 2**31 elements",
+        relative=True,
+    )
 
 
 def _peak_extra(fn):
@@ -178,8 +186,14 @@ def test_vocab_parallel_world_of_one_against_float64(dtype):
     (grad,) = torch.autograd.grad(outs, xg, grads)
     for name, g, t, p in zip(("logp", "H"), outs, _truth_outputs(op, x, y), _formula(op, x, y)):
         _assert_no_worse(g.detach(), t, p, dtype, f"vocab-parallel {name} {dtype} {n}x{v}")
-    _assert_no_worse(grad, _truth_grad(op, x, y, grads), _dtype_grad(op, x, y, grads), dtype,
-                     f"vocab-parallel gradient {dtype} {n}x{v}", relative=True)
+    _assert_no_worse(
+        grad,
+        _truth_grad(op, x, y, grads),
+        _dtype_grad(op, x, y, grads),
+        dtype,
+        f"vocab-parallel gradient {dtype} {n}x{v}",
+        relative=True,
+    )
 
 
 def test_inplace_backward_allocates_no_gradient_buffer():

@@ -13,10 +13,11 @@ import pytest
 import torch
 
 if os.environ.get("TRITON_INTERPRET") == "1":  # the interpreter replaces the compiler: nothing to compile here
-    pytest.skip("the ahead-of-time compile runs in the plain session, not under TRITON_INTERPRET=1",
-                allow_module_level=True)
+    pytest.skip(
+        "the ahead-of-time compile runs in the plain session, not under TRITON_INTERPRET=1", allow_module_level=True
+    )
 pytest.importorskip("triton", reason="the ahead-of-time compile needs the triton package (Linux)")
-from benchmarks import aot  # noqa: E402
+from benchmarks import aot
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -35,8 +36,13 @@ def launches(num_sms: int = aot.TARGETS[90]) -> tuple[aot.Launch, ...]:
 def _pick(*, kernel: str, case: str = "", dtypes=("bfloat16",)) -> list[aot.Launch]:
     """The recorded launches of ``kernel`` whose case description contains every word of ``case``."""
     words = case.split()
-    return [launch for launch in launches() if launch.name == kernel and all(w in launch.case.split() for w in words)
-            and any(d in launch.case for d in dtypes)]
+    return [
+        launch
+        for launch in launches()
+        if launch.name == kernel
+        and all(w in launch.case.split() for w in words)
+        and any(d in launch.case for d in dtypes)
+    ]
 
 
 def _supported(arch: int) -> bool:
@@ -53,9 +59,14 @@ ALL_DTYPES = ("float32", "float16", "bfloat16")
 SM90_LAUNCHES = [
     *_pick(kernel="entropy_fwd_kernel", case=f"contiguous {HEADLINE}"),
     *_pick(kernel="entropy_bwd_kernel", case=f"contiguous {HEADLINE}"),
-    *_pick(kernel="entropy_fwd_kernel", case=f"contiguous {HEADLINE} targets=True mask=False",
-           dtypes=("float32", "float16")),
-    *_pick(kernel="entropy_bwd_kernel", case=f"contiguous {HEADLINE} both mask=False new", dtypes=("float32", "float16")),
+    *_pick(
+        kernel="entropy_fwd_kernel",
+        case=f"contiguous {HEADLINE} targets=True mask=False",
+        dtypes=("float32", "float16"),
+    ),
+    *_pick(
+        kernel="entropy_bwd_kernel", case=f"contiguous {HEADLINE} both mask=False new", dtypes=("float32", "float16")
+    ),
     *_pick(kernel="entropy_fwd_kernel", case="64x151936", dtypes=ALL_DTYPES),
     *_pick(kernel="entropy_merge_kernel", dtypes=ALL_DTYPES),
     *_pick(kernel="entropy_fwd_kernel", case="contiguous 8192x50257 targets=True mask=True"),
@@ -92,8 +103,9 @@ def test_every_kernel_of_the_package_is_launched_and_compiled():
 
 def test_launch_grids_fit_the_hardware_limits():
     """Grid dim 0 holds at most 2**31 - 1 programs, dims 1 and 2 at most 65 535 (the interpreter has no limit)."""
-    extreme = aot.representative_launches(aot.TARGETS[100], shapes=[(1, 2**30), (2**20, 1), (3, 262144)],
-                                          dtypes=(torch.bfloat16,))
+    extreme = aot.representative_launches(
+        aot.TARGETS[100], shapes=[(1, 2**30), (2**20, 1), (3, 262144)], dtypes=(torch.bfloat16,)
+    )
     for launch in (*launches(), *extreme):
         grid = launch.grid + (1,) * (3 - len(launch.grid))
         assert grid[0] < 2**31 and grid[1] <= 65535 and grid[2] <= 65535, (_id(launch), grid)
@@ -129,7 +141,9 @@ def _check_streaming_loop(compiled: aot.Compiled, what: str) -> None:
     loop = compiled.main_loop()
     per_lane = aot.elements_per_iteration(launch)
     unroll = launch.kwargs["UNROLL"]
-    assert loop.count("LDG") == loop.count("LDG.E.128") == unroll, f"{what}: loads are not 16-byte vectors\n{loop.mix()}"
+    assert loop.count("LDG") == loop.count("LDG.E.128") == unroll, (
+        f"{what}: loads are not 16-byte vectors\n{loop.mix()}"
+    )
     assert per_lane <= loop.count("MUFU.EX2") <= per_lane + 1, f"{what}: not one exp2 per logit\n{loop.mix()}"
     kind = "forward" if launch.name == "entropy_fwd_kernel" else "backward"
     # A gradient whose rows are not aligned like the logits' (odd V and a sliced view) is stored element-wise
@@ -139,7 +153,9 @@ def _check_streaming_loop(compiled: aot.Compiled, what: str) -> None:
     per_logit = len(loop.ops) / per_lane
     if kind == "backward" and not launch.kwargs["DX_ALIGNED"]:
         return
-    assert per_logit <= MAX_INSTRUCTIONS_PER_LOGIT[kind], f"{what}: {per_logit:.2f} instructions per logit\n{loop.mix()}"
+    assert per_logit <= MAX_INSTRUCTIONS_PER_LOGIT[kind], (
+        f"{what}: {per_logit:.2f} instructions per logit\n{loop.mix()}"
+    )
     if kind == "backward" and launch.kwargs["DX_ALIGNED"]:
         assert loop.count("STG") == loop.count("STG.E.128") == unroll, f"{what}: stores are not 16-byte vectors"
 

@@ -11,14 +11,19 @@ import textwrap
 import pytest
 import torch
 
-
 trl = pytest.importorskip("trl", reason="TRL is not installed (pip install 'aer-kernels[trl]')")
 from packaging.version import Version  # noqa: E402
 
-if (Version(trl.__version__).release[:2] == (1, 15) and not torch.cuda.is_available()
-        and os.environ.get("TRITON_INTERPRET") != "1"):
-    pytest.skip("trl 1.15 runs its fused LM head's Triton kernels even on CPU tensors: run with TRITON_INTERPRET=1 "
-                "(make test-integration does)", allow_module_level=True)
+if (
+    Version(trl.__version__).release[:2] == (1, 15)
+    and not torch.cuda.is_available()
+    and os.environ.get("TRITON_INTERPRET") != "1"
+):
+    pytest.skip(
+        "trl 1.15 runs its fused LM head's Triton kernels even on CPU tensors: run with TRITON_INTERPRET=1 "
+        "(make test-integration does)",
+        allow_module_level=True,
+    )
 from datasets import Dataset  # noqa: E402
 from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast  # noqa: E402
@@ -30,8 +35,16 @@ from aer.integrations.trl import COEFFICIENTS_KEY, AERGRPOTrainer, AERTrainerMix
 VOCAB = ["<pad>", "<eos>", *"0123456789+= "]
 PROMPTS = [f"{a}+{b}=" for a in range(8) for b in range(4)]  # distinct: a prompt's text names its group
 GROUP = 4
-AER_METRICS = ("aer/entropy", "aer/initial_entropy", "aer/target_entropy", "aer/coef", "aer/weight_mean",
-               "aer/frac_weighted", "aer/skipped_updates", "aer/step")
+AER_METRICS = (
+    "aer/entropy",
+    "aer/initial_entropy",
+    "aer/target_entropy",
+    "aer/coef",
+    "aer/weight_mean",
+    "aer/frac_weighted",
+    "aer/skipped_updates",
+    "aer/step",
+)
 
 
 def even_length(completions, **kwargs):
@@ -54,18 +67,55 @@ def tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>")
 
 
-def train(tmp_path, tokenizer, trainer_cls=AERGRPOTrainer, *, reward_funcs=(even_length,), resume=None,
-          trainer_kwargs=None, **config):
+def train(
+    tmp_path,
+    tokenizer,
+    trainer_cls=AERGRPOTrainer,
+    *,
+    reward_funcs=(even_length,),
+    resume=None,
+    trainer_kwargs=None,
+    **config,
+):
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(
-        vocab_size=len(VOCAB), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=2, max_position_embeddings=64, pad_token_id=0, bos_token_id=1, eos_token_id=1))
-    settings = dict(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to="none", disable_tqdm=True,
-                    seed=0, per_device_train_batch_size=4, gradient_accumulation_steps=2, num_generations=GROUP,
-                    max_completion_length=6, max_steps=3, logging_steps=1, save_strategy="no", learning_rate=1e-2)
-    trainer = trainer_cls(model=model, reward_funcs=list(reward_funcs), args=GRPOConfig(**{**settings, **config}),
-                          train_dataset=Dataset.from_dict({"prompt": PROMPTS}), processing_class=tokenizer,
-                          **(trainer_kwargs or {}))
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(VOCAB),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            max_position_embeddings=64,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=1,
+        )
+    )
+    settings = dict(
+        output_dir=str(tmp_path),
+        use_cpu=True,
+        bf16=False,
+        report_to="none",
+        disable_tqdm=True,
+        seed=0,
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=2,
+        num_generations=GROUP,
+        max_completion_length=6,
+        max_steps=3,
+        logging_steps=1,
+        save_strategy="no",
+        learning_rate=1e-2,
+    )
+    trainer = trainer_cls(
+        model=model,
+        reward_funcs=list(reward_funcs),
+        args=GRPOConfig(**{**settings, **config}),
+        train_dataset=Dataset.from_dict({"prompt": PROMPTS}),
+        processing_class=tokenizer,
+        **(trainer_kwargs or {}),
+    )
     trainer.train(resume_from_checkpoint=resume)
     return trainer
 
@@ -82,8 +132,9 @@ def fixed(alpha, weighting="uniform"):
 def test_uniform_fixed_alpha_equals_trl_entropy_coef_step_for_step(tmp_path, tokenizer, loss_type):
     alpha = 0.5
     reference = step_logs(train(tmp_path / "trl", tokenizer, GRPOTrainer, loss_type=loss_type, entropy_coef=alpha))
-    aer = step_logs(train(tmp_path / "aer", tokenizer, loss_type=loss_type,
-                          trainer_kwargs={"aer_config": fixed(alpha)}))
+    aer = step_logs(
+        train(tmp_path / "aer", tokenizer, loss_type=loss_type, trainer_kwargs={"aer_config": fixed(alpha)})
+    )
     assert len(aer) == len(reference) == 3
     for ours, theirs in zip(aer, reference):
         for key in ("loss", "grad_norm", "entropy"):
@@ -96,8 +147,10 @@ def test_uniform_fixed_alpha_equals_trl_entropy_coef_step_for_step(tmp_path, tok
 
 @pytest.mark.parametrize(
     "target_ratio, coef_init, expected",
-    [(2.0, 0.0, [0.0, 0.01, 0.02, 0.03]),  # entropy below its target: α rises by coef_step per rollout
-     (0.5, 0.05, [0.05, 0.04, 0.03, 0.02])],  # above it: α falls
+    [
+        (2.0, 0.0, [0.0, 0.01, 0.02, 0.03]),  # entropy below its target: α rises by coef_step per rollout
+        (0.5, 0.05, [0.05, 0.04, 0.03, 0.02]),
+    ],  # above it: α falls
 )
 def test_adaptive_alpha_moves_once_per_rollout_after_anchoring(tmp_path, tokenizer, target_ratio, coef_init, expected):
     config = AERConfig(target_ratio=target_ratio, coef_init=coef_init, coef_step=0.01, coef_max=1.0)
@@ -112,8 +165,16 @@ def test_adaptive_alpha_moves_once_per_rollout_after_anchoring(tmp_path, tokeniz
 def test_one_controller_update_per_rollout_batch(tmp_path, tokenizer, steps_per_generation, num_iterations):
     # Two optimizer steps per rollout batch: a larger batch, or the same batch trained on twice.
     config = AERConfig(target_ratio=2.0, coef_step=0.01, coef_max=1.0)
-    logs = step_logs(train(tmp_path, tokenizer, max_steps=4, steps_per_generation=steps_per_generation,
-                           num_iterations=num_iterations, trainer_kwargs={"aer_config": config}))
+    logs = step_logs(
+        train(
+            tmp_path,
+            tokenizer,
+            max_steps=4,
+            steps_per_generation=steps_per_generation,
+            num_iterations=num_iterations,
+            trainer_kwargs={"aer_config": config},
+        )
+    )
     assert [entry["aer/step"] for entry in logs] == [0, 1, 1, 2]
     assert [entry["aer/coef"] for entry in logs] == pytest.approx([0.0, 0.0, 0.0, 0.01])
 
@@ -122,8 +183,15 @@ def test_aer_term_has_a_gradient_when_every_reward_is_zero(tmp_path, tokenizer):
     # All-wrong groups have zero advantage: the only gradient is the entropy term's. TRL <= 1.14 computes the
     # entropies without gradient unless its own bonus is on; this fails if that is not switched on.
     plain = step_logs(train(tmp_path / "plain", tokenizer, GRPOTrainer, reward_funcs=(never_right,), max_steps=1))
-    aer = step_logs(train(tmp_path / "aer", tokenizer, reward_funcs=(never_right,), max_steps=1,
-                          trainer_kwargs={"aer_config": fixed(0.1, weighting="linear")}))
+    aer = step_logs(
+        train(
+            tmp_path / "aer",
+            tokenizer,
+            reward_funcs=(never_right,),
+            max_steps=1,
+            trainer_kwargs={"aer_config": fixed(0.1, weighting="linear")},
+        )
+    )
     assert plain[0]["reward"] == aer[0]["reward"] == 0.0
     assert plain[0]["grad_norm"] == 0.0
     assert aer[0]["grad_norm"] > 1e-6
@@ -135,8 +203,12 @@ def test_coefficients_follow_each_completion_through_shuffling_and_accumulation(
 
     class Recording(AERGRPOTrainer):
         def _compute_loss(self, model, inputs):
-            seen.append({key: inputs[key].clone() for key in ("prompt_ids", "prompt_mask", "completion_ids",
-                                                              "completion_mask", COEFFICIENTS_KEY)})
+            seen.append(
+                {
+                    key: inputs[key].clone()
+                    for key in ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", COEFFICIENTS_KEY)
+                }
+            )
             return super()._compute_loss(model, inputs)
 
     alpha = 0.2
@@ -145,8 +217,9 @@ def test_coefficients_follow_each_completion_through_shuffling_and_accumulation(
     for batch in seen:
         for i in range(batch["prompt_ids"].size(0)):
             prompt = tokenizer.decode(batch["prompt_ids"][i][batch["prompt_mask"][i].bool()], skip_special_tokens=True)
-            completion = tokenizer.decode(batch["completion_ids"][i][batch["completion_mask"][i].bool()],
-                                          skip_special_tokens=True)
+            completion = tokenizer.decode(
+                batch["completion_ids"][i][batch["completion_mask"][i].bool()], skip_special_tokens=True
+            )
             rows.append((prompt, even_length([completion])[0], batch[COEFFICIENTS_KEY][i].item()))
     assert len(rows) == 2 * 8  # two rollout batches of 2 prompts x 4 completions, in micro-batches of 4
     groups = {prompt: [r for p, r, _ in rows if p == prompt] for prompt, _, _ in rows}
@@ -158,11 +231,24 @@ def test_coefficients_follow_each_completion_through_shuffling_and_accumulation(
 
 def test_named_reward_sets_the_group_accuracy(tmp_path, tokenizer):
     funcs = (even_length, always_formatted)
-    by_sum = step_logs(train(tmp_path / "sum", tokenizer, reward_funcs=funcs, max_steps=1,
-                             trainer_kwargs={"aer_config": fixed(0.1, weighting="linear")}))
-    by_name = step_logs(train(tmp_path / "name", tokenizer, reward_funcs=funcs, max_steps=1,
-                              trainer_kwargs={"aer_config": fixed(0.1, weighting="linear"),
-                                              "aer_reward": "even_length"}))
+    by_sum = step_logs(
+        train(
+            tmp_path / "sum",
+            tokenizer,
+            reward_funcs=funcs,
+            max_steps=1,
+            trainer_kwargs={"aer_config": fixed(0.1, weighting="linear")},
+        )
+    )
+    by_name = step_logs(
+        train(
+            tmp_path / "name",
+            tokenizer,
+            reward_funcs=funcs,
+            max_steps=1,
+            trainer_kwargs={"aer_config": fixed(0.1, weighting="linear"), "aer_reward": "even_length"},
+        )
+    )
     assert by_sum[0]["aer/weight_mean"] == 0.0  # the weighted sum is >= 1: every group solved
     # Linear weighting, equal groups: mean w = 1 - mean accuracy = 1 - the reward's mean.
     assert by_name[0]["aer/weight_mean"] == pytest.approx(1 - by_name[0]["rewards/even_length/mean"])
@@ -207,11 +293,13 @@ def test_resuming_without_aer_state_warns_and_starts_afresh(tmp_path, tokenizer)
 
 @pytest.mark.parametrize(
     "config, trainer_kwargs, message",
-    [({"entropy_coef": 0.01}, {}, "entropy_coef must be 0"),
-     ({"use_adaptive_entropy": True}, {}, "use_adaptive_entropy must be False"),
-     ({}, {"aer_config": {"coef_init": 0.1}}, "aer_config must be an AERConfig"),
-     ({}, {"aer_reward": 3}, "aer_reward must be"),
-     ({}, {"aer_reward": "accuracy"}, r"aer_reward must name one of the reward functions \['even_length'\]")],
+    [
+        ({"entropy_coef": 0.01}, {}, "entropy_coef must be 0"),
+        ({"use_adaptive_entropy": True}, {}, "use_adaptive_entropy must be False"),
+        ({}, {"aer_config": {"coef_init": 0.1}}, "aer_config must be an AERConfig"),
+        ({}, {"aer_reward": 3}, "aer_reward must be"),
+        ({}, {"aer_reward": "accuracy"}, r"aer_reward must name one of the reward functions \['even_length'\]"),
+    ],
 )
 def test_bad_settings_are_refused(tmp_path, tokenizer, config, trainer_kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -282,8 +370,22 @@ TWO_PROCESS_WORKER = textwrap.dedent("""
 @pytest.mark.distributed
 def test_two_processes_share_alpha_and_groups_split_between_them(tmp_path):
     (tmp_path / "worker.py").write_text(TWO_PROCESS_WORKER)
-    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          str(tmp_path / "worker.py"), str(tmp_path)], capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(tmp_path / "worker.py"),
+            str(tmp_path),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
     assert ranks[0]["state"] == ranks[1]["state"]  # one all-reduced update per rollout: the same α everywhere
@@ -298,7 +400,8 @@ def test_two_processes_share_alpha_and_groups_split_between_them(tmp_path):
         acc = sum(reward for _, reward, _, _ in group) / 4  # over both processes' completions
         for *_, coefficient in group:
             assert coefficient == pytest.approx(alphas[rollout] * (1 - acc))
-    first_rollout_tokens = sum(tokens for (rollout, _), group in groups.items() if rollout == 0
-                               for _, _, tokens, _ in group)
+    first_rollout_tokens = sum(
+        tokens for (rollout, _), group in groups.items() if rollout == 0 for _, _, tokens, _ in group
+    )
     assert ranks[0]["state"]["anchor_token_count"] == first_rollout_tokens  # H0 over both processes' tokens
     assert ranks[0]["state"]["step"] == 3

@@ -6,16 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-
 pytest.importorskip("verl", reason="verl is not installed (make setup installs it without its heavy dependencies)")
-from tensordict import TensorDict  # noqa: E402
-from verl.utils import tensordict_utils as tu  # noqa: E402
-from verl.workers.config import ActorConfig  # noqa: E402
-from verl.workers.utils.losses import ppo_loss as verl_ppo_loss  # noqa: E402
-from verl.workers.utils.padding import response_to_nested  # noqa: E402
+from tensordict import TensorDict
+from verl.utils import tensordict_utils as tu
+from verl.workers.config import ActorConfig
+from verl.workers.utils.losses import ppo_loss as verl_ppo_loss
+from verl.workers.utils.padding import response_to_nested
 
-from aer import AERConfig  # noqa: E402
-from aer.integrations.verl import COEFFICIENTS_KEY, AERDriver, group_accuracy, ppo_loss  # noqa: E402
+from aer import AERConfig
+from aer.integrations.verl import COEFFICIENTS_KEY, AERDriver, group_accuracy, ppo_loss
 
 LOSS_AGG_MODES = ["token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
 PROMPT_LENS = [3, 2, 4, 2]
@@ -32,13 +31,16 @@ def nested(tensors):
 def micro_batch(coefficients=None, counts=LOCAL, seed=0):
     """A verl micro-batch in the engine's no-padding layout, and a model output with log-probs and entropy."""
     gen = torch.Generator().manual_seed(seed)
-    data = TensorDict({
-        "prompts": nested([torch.randint(0, 10, (n,), generator=gen) for n in PROMPT_LENS]),
-        "responses": nested([torch.randint(0, 10, (n,), generator=gen) for n in RESPONSE_LENS]),
-        "response_mask": nested([torch.ones(n, dtype=torch.int64) for n in RESPONSE_LENS]),
-        "old_log_probs": nested([-torch.rand(n, generator=gen) for n in RESPONSE_LENS]),
-        "advantages": nested([torch.full((n,), i - 1.5) for i, n in enumerate(RESPONSE_LENS)]),
-    }, batch_size=len(RESPONSE_LENS))
+    data = TensorDict(
+        {
+            "prompts": nested([torch.randint(0, 10, (n,), generator=gen) for n in PROMPT_LENS]),
+            "responses": nested([torch.randint(0, 10, (n,), generator=gen) for n in RESPONSE_LENS]),
+            "response_mask": nested([torch.ones(n, dtype=torch.int64) for n in RESPONSE_LENS]),
+            "old_log_probs": nested([-torch.rand(n, generator=gen) for n in RESPONSE_LENS]),
+            "advantages": nested([torch.full((n,), i - 1.5) for i, n in enumerate(RESPONSE_LENS)]),
+        },
+        batch_size=len(RESPONSE_LENS),
+    )
     if coefficients is not None:
         data[COEFFICIENTS_KEY] = nested([torch.full((n,), float(c)) for c, n in zip(coefficients, RESPONSE_LENS)])
     tu.assign_non_tensor(data, **counts)
@@ -46,14 +48,17 @@ def micro_batch(coefficients=None, counts=LOCAL, seed=0):
     log_probs = (-torch.rand(total, generator=gen)).requires_grad_()
     entropy = (2 * torch.rand(total, generator=gen)).requires_grad_()
     offsets = torch.tensor([0, *np.cumsum(np.add(PROMPT_LENS, RESPONSE_LENS))])
-    output = {"log_probs": torch.nested.nested_tensor_from_jagged(log_probs, offsets),
-              "entropy": torch.nested.nested_tensor_from_jagged(entropy, offsets)}
+    output = {
+        "log_probs": torch.nested.nested_tensor_from_jagged(log_probs, offsets),
+        "entropy": torch.nested.nested_tensor_from_jagged(entropy, offsets),
+    }
     return data, output, log_probs, entropy
 
 
 def actor(mode="token-mean", entropy_coeff=0.0):
-    return ActorConfig(strategy="fsdp", rollout_n=2, ppo_micro_batch_size_per_gpu=2, loss_agg_mode=mode,
-                       entropy_coeff=entropy_coeff)
+    return ActorConfig(
+        strategy="fsdp", rollout_n=2, ppo_micro_batch_size_per_gpu=2, loss_agg_mode=mode, entropy_coeff=entropy_coeff
+    )
 
 
 def loss_and_grads(loss_fn, config, data, output, log_probs, entropy):
@@ -135,8 +140,13 @@ def test_padding_is_excluded_even_under_a_real_uid():
 
 @pytest.mark.parametrize(
     "scores, uids, is_padding, name",
-    [(SCORES[:5], UIDS, None, "uids"), (SCORES.view(2, 5), UIDS, None, "scores"), (SCORES, "abcdefghij", None, "uids"),
-     (SCORES, UIDS, PADDING[:3], "is_padding"), (SCORES, UIDS, [0] * 10, "is_padding")],
+    [
+        (SCORES[:5], UIDS, None, "uids"),
+        (SCORES.view(2, 5), UIDS, None, "scores"),
+        (SCORES, "abcdefghij", None, "uids"),
+        (SCORES, UIDS, PADDING[:3], "is_padding"),
+        (SCORES, UIDS, [0] * 10, "is_padding"),
+    ],
 )
 def test_group_accuracy_validates_arguments(scores, uids, is_padding, name):
     with pytest.raises(ValueError, match=name):
@@ -144,6 +154,7 @@ def test_group_accuracy_validates_arguments(scores, uids, is_padding, name):
 
 
 # ---------------------------------------------------------------- the driver's step
+
 
 def synthetic_rollout(seed):
     gen = torch.Generator().manual_seed(seed)

@@ -8,10 +8,10 @@ from contextlib import nullcontext
 import pytest
 import torch
 import torch.nn.functional as F
+from numerics import SLACK, assert_within_rule, formula, max_err
 
 import aer_kernels as ak
 from benchmarks.memory import AllocationTracker
-from numerics import SLACK, assert_within_rule, formula, max_err
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 TEMPERATURES = [1.0, 0.7, 1.6]
@@ -112,9 +112,12 @@ def assert_all_within_rule(got, exact, baseline, dtype, what):
 
 # ---- values and gradients against float64 and against the materialised op ----------------------------------------
 
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_matches_float64_and_materialised_logits(backend, device, dtype):
-    hidden, weight, bias, targets, mask, grad_h, grad_logp = problem((3, 9), 24, 300, seed=1, sliced=True, device=device)
+    hidden, weight, bias, targets, mask, grad_h, grad_logp = problem(
+        (3, 9), 24, 300, seed=1, sliced=True, device=device
+    )
     # A small workspace: several token chunks forward, several vocabulary slices backward.
     workspace = 4 * 300 * logit_bytes(dtype, backend)
     for temperature in TEMPERATURES if backend == "reference" else TEMPERATURES[1:2]:  # the interpreter is slow
@@ -133,8 +136,13 @@ def test_entropy_alone_and_without_bias(backend, device, dtype):
     args = (hidden, weight, None, None, 1.3, mask, grad_h, None)
     got = fused(*args, dtype, backend, workspace_bytes=7 * 130 * logit_bytes(dtype, backend))
     assert got[0] is None
-    assert_all_within_rule(got, through_logits(*args, torch.float64), through_logits(*args, dtype), dtype,
-                           f"entropy alone {dtype} {backend}")
+    assert_all_within_rule(
+        got,
+        through_logits(*args, torch.float64),
+        through_logits(*args, dtype),
+        dtype,
+        f"entropy alone {dtype} {backend}",
+    )
 
 
 def test_gradcheck_float64_with_chunks_and_slices():
@@ -143,8 +151,9 @@ def test_gradcheck_float64_with_chunks_and_slices():
     workspace = 3 * 11 * logit_bytes(torch.float64, "reference")  # 3-row chunks, 3-column slices
 
     def outputs(h, w, b):
-        logp, ent = ak.linear_logprobs_and_entropy(h, w, targets, bias=b, temperature=0.8, mask=mask,
-                                                   workspace_bytes=workspace, backend="reference")
+        logp, ent = ak.linear_logprobs_and_entropy(
+            h, w, targets, bias=b, temperature=0.8, mask=mask, workspace_bytes=workspace, backend="reference"
+        )
         return logp, ent
 
     assert torch.autograd.gradcheck(outputs, leaves)
@@ -159,8 +168,12 @@ def _chunking_cases(dtype, backend):
     """``(workspace, forward rows per chunk, backward columns per slice)``: one chunk and one slice; ragged chunks of
     7 rows and slices of 5 columns; 2 and 2; one row and one column (``Vc = 1``)."""
     row, column = VOCAB * logit_bytes(dtype, backend), N_ROWS * logit_bytes(dtype, backend)
-    return [(None, N_ROWS, VOCAB), (7 * row, 7, 7 * row // column), (2 * column, 2 * column // row, 2),
-            (column, column // row, 1)]
+    return [
+        (None, N_ROWS, VOCAB),
+        (7 * row, 7, 7 * row // column),
+        (2 * column, 2 * column // row, 2),
+        (column, column // row, 1),
+    ]
 
 
 def test_results_do_not_depend_on_chunks_or_slices(backend, device):
@@ -173,9 +186,14 @@ def test_results_do_not_depend_on_chunks_or_slices(backend, device):
         for workspace, rows, columns in cases if backend == "reference" else cases[:2]:
             trackers = []
             runs.append(fused(*args, workspace_bytes=workspace, trackers=trackers))
-            logits_rows, slice_widths = ([c.shapes[0][k] for c in t.calls if c.op in ("aten.mm.out", "aten.addmm.out")
-                                          and c.shapes[0][1 - k] == (VOCAB, N_ROWS)[k]]
-                                         for k, t in enumerate(trackers))
+            logits_rows, slice_widths = (
+                [
+                    c.shapes[0][k]
+                    for c in t.calls
+                    if c.op in ("aten.mm.out", "aten.addmm.out") and c.shapes[0][1 - k] == (VOCAB, N_ROWS)[k]
+                ]
+                for k, t in enumerate(trackers)
+            )
             assert logits_rows == [rows] * (N_ROWS // rows) + ([N_ROWS % rows] if N_ROWS % rows else [])
             assert slice_widths == [columns] * (VOCAB // columns) + ([VOCAB % columns] if VOCAB % columns else [])
         first = runs[0]
@@ -187,7 +205,9 @@ def test_results_do_not_depend_on_chunks_or_slices(backend, device):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_sliced_hidden_matches_its_contiguous_copy(backend, device, dtype):
-    hidden, weight, bias, targets, mask, grad_h, grad_logp = problem((4, 6), WIDTH, VOCAB, seed=5, sliced=True, device=device)
+    hidden, weight, bias, targets, mask, grad_h, grad_logp = problem(
+        (4, 6), WIDTH, VOCAB, seed=5, sliced=True, device=device
+    )
     assert not hidden.is_contiguous()
     args = (weight, bias, targets, 1.0, mask, grad_h, grad_logp, dtype, backend)
     workspace = 5 * VOCAB * logit_bytes(dtype, backend) + 8 * WIDTH * VOCAB  # chunks cross sequence boundaries
@@ -224,6 +244,7 @@ def test_hidden_gradient_does_not_degrade_with_more_vocabulary_slices(dtype, on)
 
 # ---- the memory bound, measured --------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("sliced", [False, True], ids=["contiguous", "sliced"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_memory_stays_within_the_workspace(backend, device, dtype, sliced):
@@ -231,7 +252,9 @@ def test_memory_stays_within_the_workspace(backend, device, dtype, sliced):
     a returned gradient; the peak is the workspace plus ``O(N·D + N + V)``, far below the materialised logits."""
     lead, d, vocab, workspace = (2, 16), 16, 8000, 128 << 10  # few rows: the interpreter runs a program per row
     n = math.prod(lead)
-    hidden, weight, bias, targets, mask, grad_h, grad_logp = problem(lead, d, vocab, seed=7, sliced=sliced, device=device)
+    hidden, weight, bias, targets, mask, grad_h, grad_logp = problem(
+        lead, d, vocab, seed=7, sliced=sliced, device=device
+    )
     args = (hidden, weight, bias, targets, 1.0, mask, grad_h, grad_logp, dtype, backend)
     trackers = []
     fused(*args, workspace_bytes=workspace, trackers=trackers)
@@ -256,12 +279,13 @@ def test_hidden_is_never_copied():
     """A sliced ``[B, T, D]`` view goes into the GEMMs as it is: nothing of hidden's size is allocated forward, and
     backward allocates one ``[N, D]`` tensor, the fp32 accumulator that becomes the gradient."""
     lead, d, vocab = (4, 16), 64, 40
-    hidden, weight, bias, targets, mask, grad_h, grad_logp = problem(lead, d, vocab, seed=8, sliced=True)
+    hidden, weight, bias, targets, _mask, grad_h, grad_logp = problem(lead, d, vocab, seed=8, sliced=True)
     leaf = _as_sliced_leaf(hidden)
     size = leaf.numel() * leaf.element_size()
     with AllocationTracker() as forward:
-        logp, h = ak.linear_logprobs_and_entropy(leaf, weight, targets, bias=bias, workspace_bytes=12 * vocab * 12,
-                                                 backend="reference")
+        logp, h = ak.linear_logprobs_and_entropy(
+            leaf, weight, targets, bias=bias, workspace_bytes=12 * vocab * 12, backend="reference"
+        )
     with AllocationTracker() as backward:
         torch.autograd.backward([logp, h], [grad_logp, grad_h])
     assert not [a for a in forward.allocations if a.nbytes >= size]
@@ -269,6 +293,7 @@ def test_hidden_is_never_copied():
 
 
 # ---- edge rows -------------------------------------------------------------------------------------------------
+
 
 def _compare_to_materialised(got, reference, what):
     for name, a, b in zip(("logp", "H"), got[:2], reference[:2]):
@@ -306,8 +331,13 @@ def test_neg_inf_bias_entries_and_rows_without_a_distribution(backend, device):
     workspace = 4 * 64 * logit_bytes(torch.float32, backend)
     got = fused(*args, torch.float32, backend, workspace_bytes=workspace)
     assert got[0][3] == float("-inf") and all(torch.isfinite(g).all() for g in got[2])
-    assert_all_within_rule(got, through_logits(*args, torch.float64), through_logits(*args, torch.float32),
-                           torch.float32, f"-inf bias {backend}")
+    assert_all_within_rule(
+        got,
+        through_logits(*args, torch.float64),
+        through_logits(*args, torch.float32),
+        torch.float32,
+        f"-inf bias {backend}",
+    )
 
     hidden[5, 0] = float("inf")  # that row's logits hold +-inf: no distribution
     all_neg_inf = torch.full_like(bias, float("-inf"))
@@ -326,14 +356,15 @@ def test_fully_masked_rows_and_no_rows(backend, device):
     none = torch.zeros(12, dtype=torch.bool, device=device)
     logp, h, grads = fused(hidden, weight, bias, targets, 1.0, none, grad_h, grad_logp, torch.float32, backend)
     assert (logp == 0).all() and (h == 0).all() and all((g == 0).all() for g in grads)
-    empty = fused(hidden[:0], weight, bias, targets[:0], 1.0, None, grad_h[:0], grad_logp[:0], torch.float32,
-                  backend)
+    empty = fused(hidden[:0], weight, bias, targets[:0], 1.0, None, grad_h[:0], grad_logp[:0], torch.float32, backend)
     assert empty[0].shape == empty[1].shape == (0,) and empty[2][0].shape == (0, 8)
     assert (empty[2][1] == 0).all() and (empty[2][2] == 0).all()
 
 
 def test_bitwise_deterministic(backend, device):
-    hidden, weight, bias, targets, mask, grad_h, grad_logp = problem((3, 7), 16, 90, seed=12, sliced=True, device=device)
+    hidden, weight, bias, targets, mask, grad_h, grad_logp = problem(
+        (3, 7), 16, 90, seed=12, sliced=True, device=device
+    )
     args = (hidden, weight, bias, targets, 0.9, mask, grad_h, grad_logp, torch.bfloat16, backend)
     workspace = 4 * 90 * logit_bytes(torch.bfloat16, backend) + 8 * 16 * 90
     first, second = (fused(*args, workspace_bytes=workspace) for _ in range(2))
@@ -345,15 +376,21 @@ def test_upstream_gradients_as_expanded_or_strided_views(backend, device):
     expanded = torch.tensor(0.3, device=device).expand(3, 5)
     strided = torch.randn(3, 10, generator=torch.Generator().manual_seed(0)).to(device)[:, ::2]
     views = fused(hidden, weight, bias, targets, 1.0, mask, expanded, strided, torch.float32, backend)
-    dense = fused(hidden, weight, bias, targets, 1.0, mask, expanded.contiguous(), strided.contiguous(),
-                  torch.float32, backend)
+    dense = fused(
+        hidden, weight, bias, targets, 1.0, mask, expanded.contiguous(), strided.contiguous(), torch.float32, backend
+    )
     torch.testing.assert_close(views, dense, rtol=0, atol=0)
 
 
 # ---- only what needs a gradient ----------------------------------------------------------------------------------
 
-NEEDS = {"hidden": (True, False, False), "weight": (False, True, False), "bias": (False, False, True),
-         "frozen head": (True, False, False), "all": (True, True, True)}
+NEEDS = {
+    "hidden": (True, False, False),
+    "weight": (False, True, False),
+    "bias": (False, False, True),
+    "frozen head": (True, False, False),
+    "all": (True, True, True),
+}
 
 
 @pytest.mark.parametrize("case", list(NEEDS))
@@ -361,8 +398,9 @@ def test_only_required_gradients_are_computed(case):
     hidden, weight, bias, targets, mask, grad_h, grad_logp = problem((24,), 8, 30, seed=14)
     full = fused(hidden, weight, bias, targets, 1.0, mask, grad_h, grad_logp, torch.float32, "reference")[2]
     leaves = [t.clone().requires_grad_(need) for t, need in zip((hidden, weight, bias), NEEDS[case])]
-    logp, h = ak.linear_logprobs_and_entropy(leaves[0], leaves[1], targets, bias=leaves[2], mask=mask,
-                                             backend="reference")
+    logp, h = ak.linear_logprobs_and_entropy(
+        leaves[0], leaves[1], targets, bias=leaves[2], mask=mask, backend="reference"
+    )
     with AllocationTracker() as backward:
         torch.autograd.backward([logp, h], [grad_logp, grad_h])
     for leaf, need, expected in zip(leaves, NEEDS[case], full):
@@ -383,16 +421,16 @@ def test_unused_output_costs_no_term_and_tied_embeddings_sum():
         embedding.zero_grad()
         hidden = torch.tanh(embedding(tokens[:, :-1]))
         if fused_op:
-            logp, h = ak.linear_logprobs_and_entropy(hidden, embedding.weight, tokens[:, 1:], backend="reference")
+            _logp, h = ak.linear_logprobs_and_entropy(hidden, embedding.weight, tokens[:, 1:], backend="reference")
         else:
-            logp, h = ak.logprobs_and_entropy(F.linear(hidden, embedding.weight), tokens[:, 1:], backend="reference")
+            _logp, h = ak.logprobs_and_entropy(F.linear(hidden, embedding.weight), tokens[:, 1:], backend="reference")
         (h.sum() * 0.5).backward()  # logp unused
         return embedding.weight.grad.clone()
 
     torch.testing.assert_close(run(True), run(False), rtol=1e-5, atol=1e-6)
     hidden = torch.tanh(embedding(tokens[:, :-1])).detach().requires_grad_(True)
     entropy_only = ak.linear_entropy(hidden, embedding.weight.detach(), backend="reference")
-    logp, h = ak.linear_logprobs_and_entropy(hidden, embedding.weight.detach(), tokens[:, 1:], backend="reference")
+    _logp, h = ak.linear_logprobs_and_entropy(hidden, embedding.weight.detach(), tokens[:, 1:], backend="reference")
     a = torch.autograd.grad(entropy_only.sum(), hidden)[0]
     b = torch.autograd.grad(h.sum(), hidden)[0]
     torch.testing.assert_close(a, b, rtol=0, atol=0)
@@ -400,13 +438,15 @@ def test_unused_output_costs_no_term_and_tied_embeddings_sum():
 
 # ---- autocast, torch.compile, opcheck ----------------------------------------------------------------------------
 
+
 def test_autocast_casts_inputs_like_f_linear():
     hidden, weight, bias, targets, mask, grad_h, grad_logp = problem((4, 5), 8, 33, seed=16)
     leaves = [t.clone().requires_grad_(True) for t in (hidden, weight, bias)]
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert F.linear(*leaves).dtype == torch.bfloat16
-        logp, h = ak.linear_logprobs_and_entropy(leaves[0], leaves[1], targets, bias=leaves[2], mask=mask,
-                                                 backend="reference")
+        logp, h = ak.linear_logprobs_and_entropy(
+            leaves[0], leaves[1], targets, bias=leaves[2], mask=mask, backend="reference"
+        )
     torch.autograd.backward([logp, h], [grad_logp, grad_h])
     cast = fused(hidden, weight, bias, targets, 1.0, mask, grad_h, grad_logp, torch.bfloat16, "reference")
     torch.testing.assert_close((logp, h), cast[:2], rtol=0, atol=0)
@@ -420,13 +460,17 @@ def test_compiles_with_fullgraph():
     hidden, weight, bias, targets, mask, grad_h, grad_logp = problem((3, 4), 8, 21, seed=17, sliced=True)
 
     def outputs(h, w, b):
-        logp, ent = ak.linear_logprobs_and_entropy(h, w, targets, bias=b, temperature=0.7, mask=mask,
-                                                   workspace_bytes=5 * 21 * 12, backend="reference")
+        logp, ent = ak.linear_logprobs_and_entropy(
+            h, w, targets, bias=b, temperature=0.7, mask=mask, workspace_bytes=5 * 21 * 12, backend="reference"
+        )
         return logp, ent, ak.linear_entropy(h, w, bias=b, temperature=0.7, backend="reference")
 
     def outputs_and_grads(fn):
-        leaves = [_as_sliced_leaf(hidden.detach()), weight.clone().requires_grad_(True),
-                  bias.clone().requires_grad_(True)]
+        leaves = [
+            _as_sliced_leaf(hidden.detach()),
+            weight.clone().requires_grad_(True),
+            bias.clone().requires_grad_(True),
+        ]
         outs = fn(*leaves)
         torch.autograd.backward(outs, [grad_logp, grad_h, grad_h])
         return [o.detach() for o in outs] + [t.grad for t in leaves]
@@ -439,7 +483,7 @@ def test_compiles_with_fullgraph():
 def test_temperature_schedule_runs_one_graph():
     """Dynamo traces the first temperature as a constant and the second as a graph input serving every later one;
     each value is used (the outputs match eager at every step)."""
-    hidden, weight, bias, targets, mask, grad_h, grad_logp = problem((3, 4), 8, 21, seed=22)
+    hidden, weight, _bias, targets, mask, grad_h, grad_logp = problem((3, 4), 8, 21, seed=22)
     graphs = []
 
     def counting_backend(gm, example_inputs):
@@ -465,8 +509,9 @@ def test_temperature_schedule_runs_one_graph():
 
 def test_argument_error_under_compile_is_raised_when_the_compiled_code_runs():
     hidden, weight, _, targets, *_ = problem((5,), 4, 9, seed=23)
-    compiled = torch.compile(lambda h, w, y: ak.linear_logprobs_and_entropy(h, w, y, temperature=0.0),
-                             fullgraph=True, backend="aot_eager")
+    compiled = torch.compile(
+        lambda h, w, y: ak.linear_logprobs_and_entropy(h, w, y, temperature=0.0), fullgraph=True, backend="aot_eager"
+    )
     with pytest.raises(ValueError, match="temperature must be a finite positive number"):
         compiled(hidden, weight, targets)
 
@@ -482,19 +527,42 @@ def test_opcheck():
     torch.library.opcheck(forward, (*args[:5], 1.0, "reference", 3 * 13 * 12, t))
     h, _, stats = torch.ops.aer_kernels.linear_fwd(*args)
     assert torch.equal(torch.ops.aer_kernels.linear_fwd(*args[:5], 1.0, "reference", 3 * 13 * 12, t)[0], h)
-    back = (hidden, weight, bias, targets, mask, stats.detach(), h.detach(), grad_h, grad_logp, 0.8,
-            "reference", 3 * 13 * 12, True, True, False)
+    back = (
+        hidden,
+        weight,
+        bias,
+        targets,
+        mask,
+        stats.detach(),
+        h.detach(),
+        grad_h,
+        grad_logp,
+        0.8,
+        "reference",
+        3 * 13 * 12,
+        True,
+        True,
+        False,
+    )
     torch.library.opcheck(backward, back)
     torch.library.opcheck(backward, (*back[:9], 1.0, *back[10:], t))
 
 
 # ---- argument errors, before any work ----------------------------------------------------------------------------
 
+
 def _good():
     g = torch.Generator().manual_seed(19)
-    return dict(hidden=torch.randn(2, 3, 4, generator=g), weight=torch.randn(5, 4, generator=g),
-                targets=torch.randint(0, 5, (2, 3), generator=g), bias=None, mask=torch.ones(2, 3, dtype=torch.bool),
-                temperature=1.0, workspace_bytes=None, backend="reference")
+    return dict(
+        hidden=torch.randn(2, 3, 4, generator=g),
+        weight=torch.randn(5, 4, generator=g),
+        targets=torch.randint(0, 5, (2, 3), generator=g),
+        bias=None,
+        mask=torch.ones(2, 3, dtype=torch.bool),
+        temperature=1.0,
+        workspace_bytes=None,
+        backend="reference",
+    )
 
 
 BAD = [
@@ -537,16 +605,18 @@ def test_workspace_must_hold_one_vocabulary_column():
     args = _good()
     rows = 6 * logit_bytes(torch.float32, "reference")  # N = 6 rows > V = 5
     with pytest.raises(ValueError, match=f"workspace_bytes={rows - 1} holds less than .* one vocabulary column"):
-        ak.linear_logprobs_and_entropy(args["hidden"], args["weight"], args["targets"], workspace_bytes=rows - 1,
-                                       backend="reference")
-    ak.linear_logprobs_and_entropy(args["hidden"], args["weight"], args["targets"], workspace_bytes=rows,
-                                   backend="reference")
+        ak.linear_logprobs_and_entropy(
+            args["hidden"], args["weight"], args["targets"], workspace_bytes=rows - 1, backend="reference"
+        )
+    ak.linear_logprobs_and_entropy(
+        args["hidden"], args["weight"], args["targets"], workspace_bytes=rows, backend="reference"
+    )
 
 
 def test_double_backward_is_refused_clearly():
-    hidden, weight, bias, targets, *_ = problem((6,), 4, 9, seed=20)
+    hidden, weight, _bias, targets, *_ = problem((6,), 4, 9, seed=20)
     hidden.requires_grad_(True)
-    logp, h = ak.linear_logprobs_and_entropy(hidden, weight, targets, backend="reference")
+    _logp, h = ak.linear_logprobs_and_entropy(hidden, weight, targets, backend="reference")
     (dh,) = torch.autograd.grad(h.sum(), hidden, create_graph=True)
     with pytest.raises(NotImplementedError, match="double backward is not supported"):
         dh.sum().backward()

@@ -5,13 +5,12 @@ the full dh; without the reduction the ranks' partial dh sum to it."""
 import datetime
 import os
 
+import pytest
 import torch
 import torch.distributed as dist
-
-import pytest
+from gloo_workers import run_workers
 
 import aer_kernels as ak
-from gloo_workers import run_workers
 
 WORLD = 3
 TIMEOUT_S = 120
@@ -63,8 +62,10 @@ def check_layout(widths, dtype, backend, device, group, rank):
 
     def shard_op(reduce):
         def op(hidden, w, y, *, bias, **rest):
-            return ak.vocab_parallel_linear_logprobs_and_entropy(hidden, w, y, vocab_start=start, group=group,
-                                                                 reduce_hidden_grad=reduce, bias=bias, **rest)
+            return ak.vocab_parallel_linear_logprobs_and_entropy(
+                hidden, w, y, vocab_start=start, group=group, reduce_hidden_grad=reduce, bias=bias, **rest
+            )
+
         return op
 
     sharded = (base, weight[start:stop], bias[start:stop], targets, mask, grad_h, grad_logp)
@@ -73,8 +74,9 @@ def check_layout(widths, dtype, backend, device, group, rank):
     tol = TOLERANCE[dtype]
     torch.testing.assert_close((logp, h), single[:2], **tol, equal_nan=True, msg=lambda m: f"{what}: {m}")
     assert dw.shape == (widths[rank], WIDTH) and db.shape == (widths[rank],)
-    torch.testing.assert_close((dw, db), (single[3][start:stop], single[4][start:stop]), **tol,
-                               msg=lambda m: f"dW, db {what}: {m}")
+    torch.testing.assert_close(
+        (dw, db), (single[3][start:stop], single[4][start:stop]), **tol, msg=lambda m: f"dW, db {what}: {m}"
+    )
     torch.testing.assert_close(dh, single[2], **tol, msg=lambda m: f"dh {what}: {m}")
     for t in (logp, h, dh):
         assert_same_on_every_rank(t, group)
@@ -87,8 +89,13 @@ def check_layout(widths, dtype, backend, device, group, rank):
 def worker(rank, port, backend, dtypes):
     device = "cuda" if backend == "triton" and os.environ.get("TRITON_INTERPRET") != "1" else "cpu"
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD,
-                            timeout=datetime.timedelta(seconds=TIMEOUT_S))
+    dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=WORLD,
+        timeout=datetime.timedelta(seconds=TIMEOUT_S),
+    )
     try:
         pair = dist.new_group([0, 1])
         for widths in LAYOUTS:
@@ -119,8 +126,7 @@ def test_world_of_one_without_init_equals_single_process():
     def op(hidden, w, y, **kw):
         return ak.vocab_parallel_linear_logprobs_and_entropy(hidden, w, y, vocab_start=0, **kw)
 
-    torch.testing.assert_close(run(op, *inputs, backend="reference"), single, rtol=1e-12, atol=1e-12,
-                               equal_nan=True)
+    torch.testing.assert_close(run(op, *inputs, backend="reference"), single, rtol=1e-12, atol=1e-12, equal_nan=True)
 
 
 BAD = [
@@ -136,9 +142,11 @@ BAD = [
 
 @pytest.mark.parametrize("override, error, message", BAD, ids=[m for _, _, m in BAD])
 def test_bad_input_is_refused(override, error, message):
-    base, weight, bias, targets, *_ = problem(13, torch.float64, seed=4)
-    args = {**dict(weight=weight, targets=targets, vocab_start=0, group=None, bias=None, backend="reference"),
-            **override}
+    base, weight, _bias, targets, *_ = problem(13, torch.float64, seed=4)
+    args = {
+        **dict(weight=weight, targets=targets, vocab_start=0, group=None, bias=None, backend="reference"),
+        **override,
+    }
     weight, targets = args.pop("weight"), args.pop("targets")
     with pytest.raises(error, match=message):
         ak.vocab_parallel_linear_logprobs_and_entropy(base[:, :-1], weight, targets, **args)

@@ -32,8 +32,13 @@ def test_group_accuracy_success_threshold():
 
 @pytest.mark.parametrize(
     "rewards, group_size, name",
-    [(torch.zeros(10), 4, "group_size"), (torch.zeros(3, 4), 3, "group_size"), (torch.zeros(2, 2, 2), 2, "rewards"),
-     (torch.zeros(4), 0, "group_size"), ([1.0, 0.0], 2, "rewards")],
+    [
+        (torch.zeros(10), 4, "group_size"),
+        (torch.zeros(3, 4), 3, "group_size"),
+        (torch.zeros(2, 2, 2), 2, "rewards"),
+        (torch.zeros(4), 0, "group_size"),
+        ([1.0, 0.0], 2, "rewards"),
+    ],
 )
 def test_group_accuracy_validates_arguments(rewards, group_size, name):
     with pytest.raises(ValueError, match=name):
@@ -56,8 +61,9 @@ def test_group_accuracy_by_group_ids_matches_group_size_on_prompt_major_input():
     ids = torch.arange(5).repeat_interleave(4)
     assert torch.equal(group_accuracy(rewards, group_ids=ids), group_accuracy(rewards, group_size=4))
     permutation = torch.randperm(20)
-    assert torch.equal(group_accuracy(rewards[permutation], group_ids=ids[permutation]),
-                       group_accuracy(rewards, group_size=4))
+    assert torch.equal(
+        group_accuracy(rewards[permutation], group_ids=ids[permutation]), group_accuracy(rewards, group_size=4)
+    )
 
 
 def test_group_accuracy_by_group_ids_success_threshold_and_empty_batch():

@@ -3,11 +3,11 @@
 import math
 
 import torch
+from conftest import INTERPRETER
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import aer_kernels as ak
-from conftest import INTERPRETER
 
 EXAMPLES = 20 if INTERPRETER else 60
 
@@ -51,8 +51,8 @@ def test_gradient_rows_sum_to_zero(backend, device, case):
     x, y, temperature = case
     x32 = x.float().to(device).requires_grad_(True)  # fp32 gradient: sums not drowned by rounding
     logp, h = ak.logprobs_and_entropy(x32, y.to(device), temperature=temperature, backend=backend)
-    d_h, = torch.autograd.grad(h.sum(), x32, retain_graph=True)
-    d_logp, = torch.autograd.grad(logp.sum(), x32)
+    (d_h,) = torch.autograd.grad(h.sum(), x32, retain_graph=True)
+    (d_logp,) = torch.autograd.grad(logp.sum(), x32)
     # p = exp(z - lse) is recomputed in fp32: each p carries the rounding of z - lse, ~eps * |z|.
     z = x.float() / temperature
     finite = torch.isfinite(z)

@@ -55,7 +55,8 @@ def test_trainer_snippets_name_what_exists():
     calls = {n.func.id: n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
     trainer_kwargs = {k.arg for k in calls["AERGRPOTrainer"].keywords}
     assert trainer_kwargs - {"model", "reward_funcs", "train_dataset", "args"} <= set(
-        inspect.signature(AERGRPOTrainer.__init__).parameters)
+        inspect.signature(AERGRPOTrainer.__init__).parameters
+    )
     assert {k.arg for k in calls["AERConfig"].keywords} <= {f.name for f in __import__("dataclasses").fields(AERConfig)}
 
     (verl_command,) = blocks("sh")

@@ -8,9 +8,9 @@ import os
 import pytest
 import torch
 import torch.distributed as dist
+from gloo_workers import run_workers
 
 import aer_kernels as ak
-from gloo_workers import run_workers
 
 WORLD = 3
 TIMEOUT_S = 90
@@ -30,8 +30,14 @@ def logits_call(rank, *, rows=ROWS, dtype=torch.float32, temperature=1.0, mask=F
     x = torch.randn(rows, VOCAB, generator=g)[:, start:stop].to(dtype)
     targets = torch.randint(0, VOCAB, (rows,), generator=g)
     return ak.vocab_parallel_logprobs_and_entropy(
-        x, targets, vocab_start=start if vocab_start is None else vocab_start, temperature=temperature,
-        mask=torch.ones(rows, dtype=torch.bool) if mask else None, backend="reference", **kw)
+        x,
+        targets,
+        vocab_start=start if vocab_start is None else vocab_start,
+        temperature=temperature,
+        mask=torch.ones(rows, dtype=torch.bool) if mask else None,
+        backend="reference",
+        **kw,
+    )
 
 
 def linear_call(rank, *, hidden_size=HIDDEN, reduce_hidden_grad=True, **kw):
@@ -40,9 +46,9 @@ def linear_call(rank, *, hidden_size=HIDDEN, reduce_hidden_grad=True, **kw):
     hidden = torch.randn(ROWS, hidden_size, generator=g, requires_grad=True)
     weight = torch.randn(VOCAB, hidden_size, generator=g)[start:stop]
     targets = torch.randint(0, VOCAB, (ROWS,), generator=g)
-    return ak.vocab_parallel_linear_logprobs_and_entropy(hidden, weight, targets, vocab_start=start,
-                                                         reduce_hidden_grad=reduce_hidden_grad,
-                                                         backend="reference", **kw)
+    return ak.vocab_parallel_linear_logprobs_and_entropy(
+        hidden, weight, targets, vocab_start=start, reduce_hidden_grad=reduce_hidden_grad, backend="reference", **kw
+    )
 
 
 # (which call, what rank 2 passes differently, the error every rank must raise)
@@ -60,8 +66,13 @@ MISMATCHES = [
 
 def worker(rank, port):
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD,
-                            timeout=datetime.timedelta(seconds=TIMEOUT_S))
+    dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=WORLD,
+        timeout=datetime.timedelta(seconds=TIMEOUT_S),
+    )
     try:
         for call, override, message in MISMATCHES:
             with pytest.raises(ValueError, match=message):

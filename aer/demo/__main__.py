@@ -30,27 +30,44 @@ def parser() -> argparse.ArgumentParser:
         None.
     """
     default, fast = DemoConfig(), quick(DemoConfig())
-    parser = argparse.ArgumentParser(prog="python -m aer.demo", epilog=REPRODUCIBILITY,
-                                     description="GRPO on sorting tasks: no entropy term, fixed coefficients and "
-                                                 "AER, compared on held-out accuracy.")
-    parser.add_argument(
-        "--quick", action="store_true",
-        help=f"a smaller run, about a minute on 2 CPU cores: {fast.steps} steps at lr {fast.lr:g}, "
-             f"{fast.eval_per_tier} held-out problems per tier, and AER target ratio ρ = {fast.aer_target_ratio:g} "
-             f"instead of AER's default {default.aer_target_ratio:g} (so few steps only reach the start of the "
-             f"entropy collapse; ρ = {fast.aer_target_ratio:g} puts the target where it crosses)",
+    parser = argparse.ArgumentParser(
+        prog="python -m aer.demo",
+        epilog=REPRODUCIBILITY,
+        description="GRPO on sorting tasks: no entropy term, fixed coefficients and "
+        "AER, compared on held-out accuracy.",
     )
-    parser.add_argument("--output-dir", type=Path, default=Path("demo_output"),
-                        help="where summary.json, entropy.png, accuracy.png and the warm-start cache go "
-                             "(default: demo_output)")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default=default.device,
-                        help=f"where GRPO runs (default: {default.device}); the warm-start always runs on CPU")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"a smaller run, about a minute on 2 CPU cores: {fast.steps} steps at lr {fast.lr:g}, "
+        f"{fast.eval_per_tier} held-out problems per tier, and AER target ratio ρ = {fast.aer_target_ratio:g} "
+        f"instead of AER's default {default.aer_target_ratio:g} (so few steps only reach the start of the "
+        f"entropy collapse; ρ = {fast.aer_target_ratio:g} puts the target where it crosses)",
+    )
+    parser.add_argument(
+        "--output-dir",
+        type=Path,
+        default=Path("demo_output"),
+        help="where summary.json, entropy.png, accuracy.png and the warm-start cache go (default: demo_output)",
+    )
+    parser.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default=default.device,
+        help=f"where GRPO runs (default: {default.device}); the warm-start always runs on CPU",
+    )
     parser.add_argument("--seed", type=int, default=default.seed, help=f"(default: {default.seed})")
-    parser.add_argument("--steps", type=_positive_int,
-                        help=f"GRPO steps per arm (default: {default.steps}, or {fast.steps} with --quick)")
-    parser.add_argument("--threads", type=_positive_int, default=default.threads,
-                        help=f"torch CPU threads (default: {default.threads}); the numbers depend on it, "
-                             "see Reproducibility below")
+    parser.add_argument(
+        "--steps",
+        type=_positive_int,
+        help=f"GRPO steps per arm (default: {default.steps}, or {fast.steps} with --quick)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=default.threads,
+        help=f"torch CPU threads (default: {default.threads}); the numbers depend on it, see Reproducibility below",
+    )
     return parser
 
 

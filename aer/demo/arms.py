@@ -56,8 +56,11 @@ def all_arms(config: DemoConfig) -> list[FixedCoefficient | AdaptiveCoefficient]
     (the defaults, 1e-4 and 5e-3, are for a 7B model at lr 1e-6; here α must reach ~0.1 to move entropy).
     ``target_ratio`` is the default 0.5 in the default run; ``--quick`` raises it (see ``config.quick``).
     """
-    overrides = {"coef_step": config.aer_coef_step, "coef_max": config.aer_coef_max,
-                 "target_ratio": config.aer_target_ratio}
+    overrides = {
+        "coef_step": config.aer_coef_step,
+        "coef_max": config.aer_coef_max,
+        "target_ratio": config.aer_target_ratio,
+    }
     return [
         FixedCoefficient("no-entropy", 0.0),
         FixedCoefficient(f"fixed-{config.small_coef:g}", config.small_coef),

@@ -43,8 +43,18 @@ class DemoConfig:
     eval_every: int = 50
     pass_k: int = 8
 
-    WARM_START_FIELDS = ("seed", "threads", "tier_lengths", "eval_per_tier", "width", "layers", "heads",
-                         "warm_start_steps", "warm_start_batch", "warm_start_lr")
+    WARM_START_FIELDS = (
+        "seed",
+        "threads",
+        "tier_lengths",
+        "eval_per_tier",
+        "width",
+        "layers",
+        "heads",
+        "warm_start_steps",
+        "warm_start_batch",
+        "warm_start_lr",
+    )
 
 
 def quick(config: DemoConfig) -> DemoConfig:

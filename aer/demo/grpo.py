@@ -27,8 +27,9 @@ def token_logprobs_and_entropy(
     hidden = model.hidden_states(rollouts.tokens)[:, :-1]  # position t predicts token t + 1
     targets = rollouts.tokens[:, 1:]
     mask = rollouts.response_mask[:, 1:]
-    logp, entropy = aer_kernels.linear_logprobs_and_entropy(hidden, model.head.weight, targets,
-                                                            bias=model.head.bias, temperature=temperature, mask=mask)
+    logp, entropy = aer_kernels.linear_logprobs_and_entropy(
+        hidden, model.head.weight, targets, bias=model.head.bias, temperature=temperature, mask=mask
+    )
     return logp, entropy, mask
 
 
@@ -43,9 +44,9 @@ def grpo_loss(
 ) -> torch.Tensor:
     """Token-mean clipped surrogate plus the entropy term::
 
-        ρ_it = exp(logp_it - old_logp_it)
-        L = Σ_it -min(ρ_it A_i, clip(ρ_it, 1-ε, 1+ε) A_i) · mask_it / Σ_it mask_it
-            + aer.entropy_bonus(H, λ, mask)            (= -Σ_it λ_i H_it mask_it / Σ_it mask_it)
+    ρ_it = exp(logp_it - old_logp_it)
+    L = Σ_it -min(ρ_it A_i, clip(ρ_it, 1-ε, 1+ε) A_i) · mask_it / Σ_it mask_it
+        + aer.entropy_bonus(H, λ, mask)            (= -Σ_it λ_i H_it mask_it / Σ_it mask_it)
     """
     ratio = torch.exp(logp - old_logp)
     advantage = advantages[:, None]

@@ -7,9 +7,9 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only, no display needed
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import NullFormatter, ScalarFormatter  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter, ScalarFormatter
 
 SMOOTHING = 10  # steps in the trailing mean drawn over each arm's raw per-step entropy
 ENTROPY_TICKS = [0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1, 2, 4]
@@ -53,18 +53,30 @@ def entropy_figure(summaries: dict[str, dict], title: str) -> Figure:
         top.plot(history["entropy"], color=colour, alpha=0.2, linewidth=0.7, zorder=1)
         # Until α first moves, the AER arms repeat no-entropy step for step: dashed and on top, all stay visible.
         style = {"linestyle": (0, (4, 2)), "zorder": 4} if name == BASELINE else {"zorder": 3}
-        top.plot(_trailing_mean(history["entropy"], SMOOTHING), color=colour, linewidth=1.8,
-                 label=f"{name} ({SMOOTHING}-step mean)", **style)
+        top.plot(
+            _trailing_mean(history["entropy"], SMOOTHING),
+            color=colour,
+            linewidth=1.8,
+            label=f"{name} ({SMOOTHING}-step mean)",
+            **style,
+        )
         if _is_aer(summary):
             bottom.plot(history["coefficient"], color=colour, linewidth=1.6, label=f"{name}: α")
         elif summary["final_coefficient"] > 0:
-            bottom.axhline(summary["final_coefficient"], color=colour, linestyle=":", linewidth=1.2,
-                           label=f"{name}: fixed λ")
+            bottom.axhline(
+                summary["final_coefficient"], color=colour, linestyle=":", linewidth=1.2, label=f"{name}: fixed λ"
+            )
     # AER arms anchor on the same first batch, so their targets usually coincide: one line per value.
     targets = {(s["target_entropy"], s["target_ratio"]) for s in summaries.values() if _is_aer(s)}
     for target, ratio in sorted(targets):
-        top.axhline(target, color="black", linestyle=":", linewidth=1.4, zorder=2,
-                    label=f"AER target {ratio:g} × H0 = {target:.3f}")
+        top.axhline(
+            target,
+            color="black",
+            linestyle=":",
+            linewidth=1.4,
+            zorder=2,
+            label=f"AER target {ratio:g} × H0 = {target:.3f}",
+        )
     top.set_yscale("log")
     drawn = [h for s in summaries.values() for h in s["history"]["entropy"] if h > 0] + [t for t, _ in targets]
     low, high = min(drawn) / 1.15, max(drawn) * 1.15
@@ -112,8 +124,18 @@ def accuracy_figure(summaries: dict[str, dict], k: int, title: str) -> Figure:
         for axis, metric in zip(axes, metrics):
             scores = [evaluation[metric]["all"] for evaluation in history["eval"]]
             errors = [standard_error[metric] for standard_error in history["eval_standard_error"]]
-            axis.errorbar(steps, scores, yerr=errors, color=f"C{index}", marker="o", markersize=3, capsize=2,
-                          linewidth=1.4, elinewidth=0.9, label=label)
+            axis.errorbar(
+                steps,
+                scores,
+                yerr=errors,
+                color=f"C{index}",
+                marker="o",
+                markersize=3,
+                capsize=2,
+                linewidth=1.4,
+                elinewidth=0.9,
+                label=label,
+            )
             if name in scaled:
                 limits[metric][0] = min(limits[metric][0], *(s - e for s, e in zip(scores, errors)))
                 limits[metric][1] = max(limits[metric][1], *(s + e for s, e in zip(scores, errors)))
@@ -125,7 +147,10 @@ def accuracy_figure(summaries: dict[str, dict], k: int, title: str) -> Figure:
         axis.set_ylabel(f"held-out {metric}, all tiers")
         axis.grid(alpha=0.3)
     figure.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=3, fontsize=8)
-    figure.suptitle(f"{title}\nerror bars: ± 1 standard error over the held-out problems (the verdict's paired "
-                    "differences are tighter)", fontsize=10)
+    figure.suptitle(
+        f"{title}\nerror bars: ± 1 standard error over the held-out problems (the verdict's paired "
+        "differences are tighter)",
+        fontsize=10,
+    )
     figure.tight_layout(rect=(0, 0.08, 1, 1))
     return figure

@@ -72,8 +72,9 @@ def standard_errors(correct: list[int], k: int) -> dict[str, float]:
         correct: per held-out problem, how many of its ``k`` samples were right.
         k: samples per problem.
     """
-    return {metric: _mean_and_standard_error(_problem_scores(correct, k, metric))[1]
-            for metric in ("pass@1", f"pass@{k}")}
+    return {
+        metric: _mean_and_standard_error(_problem_scores(correct, k, metric))[1] for metric in ("pass@1", f"pass@{k}")
+    }
 
 
 def _paired_difference(a: list[int], b: list[int], k: int, metric: str) -> tuple[float, float]:
@@ -120,18 +121,26 @@ def table(summaries: dict[str, dict], warm_start: dict, k: int) -> str:
     """
     tiers = list(warm_start["pass@1"])  # tier1, tier2, ..., all
     labels = [tier.replace("tier", "t") for tier in tiers]
-    header = (f"{'arm':<13}{'H_init':>7}{'H_final':>8}{'H/H*':>6}{'coef':>7}  "
-              + " ".join(f"{'p@1 ' + label:>8}" for label in labels) + "  "
-              + " ".join(f"{f'p@{k} ' + label:>8}" for label in labels))
+    header = (
+        f"{'arm':<13}{'H_init':>7}{'H_final':>8}{'H/H*':>6}{'coef':>7}  "
+        + " ".join(f"{'p@1 ' + label:>8}" for label in labels)
+        + "  "
+        + " ".join(f"{f'p@{k} ' + label:>8}" for label in labels)
+    )
     rows = [header, "-" * len(header)]
 
     def scores(summary: dict) -> str:
-        return (" ".join(f"{summary['pass@1'][t]:>8.3f}" for t in tiers) + "  "
-                + " ".join(f"{summary[f'pass@{k}'][t]:>8.3f}" for t in tiers))
+        return (
+            " ".join(f"{summary['pass@1'][t]:>8.3f}" for t in tiers)
+            + "  "
+            + " ".join(f"{summary[f'pass@{k}'][t]:>8.3f}" for t in tiers)
+        )
 
     rows.append(f"{'warm-start':<13}{'':>7}{'':>8}{'':>6}{'':>7}  " + scores(warm_start))
     for name, s in summaries.items():
         ratio = f"{s['final_entropy_over_target']:>6.2f}" if "target_entropy" in s else f"{'-':>6}"
-        rows.append(f"{name:<13}{s['initial_entropy']:>7.3f}{s['final_entropy']:>8.3f}{ratio}"
-                    f"{s['final_coefficient']:>7.3f}  " + scores(s))
+        rows.append(
+            f"{name:<13}{s['initial_entropy']:>7.3f}{s['final_entropy']:>8.3f}{ratio}"
+            f"{s['final_coefficient']:>7.3f}  " + scores(s)
+        )
     return "\n".join(rows)

@@ -42,8 +42,10 @@ def run_demo(config: DemoConfig, output_dir: Path) -> dict:
 
 def _run(config: DemoConfig, output_dir: Path) -> dict:
     started = time.perf_counter()
-    print(f"{config.steps} GRPO steps per arm on {config.device} with {config.threads} torch thread(s), seed "
-          f"{config.seed}; {_target_ratio_note(config)}.")
+    print(
+        f"{config.steps} GRPO steps per arm on {config.device} with {config.threads} torch thread(s), seed "
+        f"{config.seed}; {_target_ratio_note(config)}."
+    )
     output_dir.mkdir(parents=True, exist_ok=True)
     tasks = SortingTasks(config.tier_lengths, config.eval_per_tier, config.seed)
     tiers = [problem.tier for problem in tasks.held_out]
@@ -53,9 +55,11 @@ def _run(config: DemoConfig, output_dir: Path) -> dict:
     warm_model = new_policy(config).to(device)
     warm_model.load_state_dict(initial_state)
     warm_start = pass_at_k(
-        evaluate(warm_model, tasks, k=config.pass_k, temperature=config.temperature, seed=config.seed + 4,
-                 device=device),
-        tiers, config.pass_k,
+        evaluate(
+            warm_model, tasks, k=config.pass_k, temperature=config.temperature, seed=config.seed + 4, device=device
+        ),
+        tiers,
+        config.pass_k,
     )
 
     schedule = prompt_schedule(config, tasks)
@@ -70,8 +74,14 @@ def _run(config: DemoConfig, output_dir: Path) -> dict:
         "verdict": verdict,
         "tiers": {f"tier{t + 1}": f"sort {length} symbols" for t, length in enumerate(config.tier_lengths)},
         "config": asdict(config),
-        "machine": {"device": config.device, "torch": torch.__version__, "threads": torch.get_num_threads(),
-                    "platform": platform.platform(), "cpu": _cpu_name(), "cpu_count": os.cpu_count()},
+        "machine": {
+            "device": config.device,
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "platform": platform.platform(),
+            "cpu": _cpu_name(),
+            "cpu_count": os.cpu_count(),
+        },
         "wall_seconds": time.perf_counter() - started,
     }
     (output_dir / "summary.json").write_text(json.dumps(summary, indent=1))
@@ -80,14 +90,18 @@ def _run(config: DemoConfig, output_dir: Path) -> dict:
     plots.save(plots.accuracy_figure(summaries, config.pass_k, title), output_dir / "accuracy.png")
 
     tier_names = ", ".join(f"{name} = {what}" for name, what in summary["tiers"].items())
-    print(f"\nHeld-out, {config.eval_per_tier} problems per tier ({tier_names}), {config.pass_k} samples each "
-          f"at temperature {config.temperature:g}; entropy in nats; {_target_ratio_note(config)}. "
-          f"{config.device}, torch {torch.__version__}, {torch.get_num_threads()} thread(s), seed {config.seed}.")
+    print(
+        f"\nHeld-out, {config.eval_per_tier} problems per tier ({tier_names}), {config.pass_k} samples each "
+        f"at temperature {config.temperature:g}; entropy in nats; {_target_ratio_note(config)}. "
+        f"{config.device}, torch {torch.__version__}, {torch.get_num_threads()} thread(s), seed {config.seed}."
+    )
     print(report.table(summaries, warm_start, config.pass_k))
     print()
     print("\n".join(verdict))
-    print(f"\nWrote {output_dir}/summary.json, entropy.png, accuracy.png in {summary['wall_seconds']:.0f} s "
-          f"on {_cpu_name()} ({os.cpu_count()} CPUs).")
+    print(
+        f"\nWrote {output_dir}/summary.json, entropy.png, accuracy.png in {summary['wall_seconds']:.0f} s "
+        f"on {_cpu_name()} ({os.cpu_count()} CPUs)."
+    )
     return summary
 
 

@@ -40,9 +40,7 @@ class SortingTasks:
     def __init__(self, tier_lengths: tuple[int, ...], eval_per_tier: int, seed: int):
         self.tier_lengths = tier_lengths
         generator = torch.Generator().manual_seed(seed)
-        self.held_out = [
-            self._draw(tier, generator) for tier in range(len(tier_lengths)) for _ in range(eval_per_tier)
-        ]
+        self.held_out = [self._draw(tier, generator) for tier in range(len(tier_lengths)) for _ in range(eval_per_tier)]
         self._held_out_keys = {problem.symbols for problem in self.held_out}
 
     def _draw(self, tier: int, generator: torch.Generator) -> Problem:

@@ -65,8 +65,9 @@ def train_arm(
         rollouts = sample(model, problems, temperature=config.temperature, generator=generator, device=device)
         step_rewards = rewards(problems, rollouts).to(device)
         advantages = group_advantages(step_rewards, config.group_size)
-        coefficients = arm.coefficients(aer.group_accuracy(step_rewards, group_size=config.group_size),
-                                        config.group_size)
+        coefficients = arm.coefficients(
+            aer.group_accuracy(step_rewards, group_size=config.group_size), config.group_size
+        )
         log.coefficient.append(arm.coefficient)
         for epoch in range(config.epochs_per_step):
             logp, entropy, mask = token_logprobs_and_entropy(model, rollouts, config.temperature)
@@ -80,7 +81,8 @@ def train_arm(
         arm.update(entropy_sum, token_count)
         log.entropy.append(float(entropy_sum) / float(token_count))
         log.reward.append(step_rewards.mean().item())
-        progress.set_postfix(H=f"{log.entropy[-1]:.3f}", coef=f"{log.coefficient[-1]:.2g}",
-                             reward=f"{log.reward[-1]:.2f}")
+        progress.set_postfix(
+            H=f"{log.entropy[-1]:.3f}", coef=f"{log.coefficient[-1]:.2g}", reward=f"{log.reward[-1]:.2f}"
+        )
     record_eval(config.steps)
     return log

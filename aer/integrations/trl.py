@@ -43,12 +43,12 @@ COEFFICIENTS_KEY = "aer_coefficients"
 STATE_FILE = "aer_controller.json"
 
 TRL_VERSION = Version(trl.__version__)
-if TRL_VERSION < Version("1.9"):
+if Version("1.9") > TRL_VERSION:
     raise ImportError(f"aer.integrations.trl needs trl>=1.9 (pip install 'aer-kernels[trl]'), found {trl.__version__}")
-if TRL_VERSION >= Version("1.17"):
+if Version("1.17") <= TRL_VERSION:
     warnings.warn(f"aer.integrations.trl is tested with trl 1.9 to 1.16, found {trl.__version__}", stacklevel=2)
 # Loss types whose entropy term TRL 1.9 divided by the global token normaliser rather than a per-micro-batch mean.
-_GLOBAL_TOKEN_LOSS_TYPES = frozenset({"cispo", "dapo", "vespo"}) if TRL_VERSION < Version("1.10") else frozenset()
+_GLOBAL_TOKEN_LOSS_TYPES = frozenset({"cispo", "dapo", "vespo"}) if Version("1.10") > TRL_VERSION else frozenset()
 
 
 class AERTrainerMixin:
@@ -68,8 +68,9 @@ class AERTrainerMixin:
             `aer_reward` that names no reward function.
     """
 
-    def __init__(self, *args: Any, aer_config: AERConfig | None = None, aer_reward: str | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, aer_config: AERConfig | None = None, aer_reward: str | None = None, **kwargs: Any
+    ) -> None:
         if aer_config is not None and not isinstance(aer_config, AERConfig):
             raise ValueError(f"aer_config must be an AERConfig, got {type(aer_config).__name__}")
         if aer_reward is not None and not isinstance(aer_reward, str):
@@ -83,11 +84,14 @@ class AERTrainerMixin:
         super().__init__(*args, **kwargs)
         _check_grpo_args(self.args)  # again: a subclass's __init__(*args, **kwargs) hides `args` from the first check
         if aer_reward is not None and aer_reward not in self.reward_func_names:
-            raise ValueError(f"aer_reward must name one of the reward functions {self.reward_func_names}, "
-                             f"got {aer_reward!r}")
+            raise ValueError(
+                f"aer_reward must name one of the reward functions {self.reward_func_names}, got {aer_reward!r}"
+            )
         if not hasattr(self, "_entropy_bonus_enabled"):
-            raise RuntimeError(f"trl {trl.__version__} has no GRPOTrainer._entropy_bonus_enabled: AER cannot make it "
-                               "compute entropies with gradient")
+            raise RuntimeError(
+                f"trl {trl.__version__} has no GRPOTrainer._entropy_bonus_enabled: AER cannot make it "
+                "compute entropies with gradient"
+            )
         self._entropy_bonus_enabled = True
 
     # ---------------------------------------------------------------- per-completion coefficients
@@ -104,12 +108,13 @@ class AERTrainerMixin:
             raise RuntimeError("GRPOTrainer scored completions without _calculate_rewards: AER has no rewards")
         rewards, self._aer_batch_rewards = self._aer_rewards(self._aer_batch_rewards), None
         group_size = self.num_generations if self.model.training else self.num_generations_eval
-        acc = group_accuracy(rewards, group_size=group_size,
-                             success_threshold=self.aer_controller.config.success_threshold)
+        acc = group_accuracy(
+            rewards, group_size=group_size, success_threshold=self.aer_controller.config.success_threshold
+        )
         coefficients = self.aer_controller.coefficients(acc, group_size=group_size)
         local = output["completion_ids"].size(0)
         start = self.accelerator.process_index * local  # TRL's own slice of the gathered batch
-        output[COEFFICIENTS_KEY] = coefficients[start:start + local].to(output["completion_ids"].device)
+        output[COEFFICIENTS_KEY] = coefficients[start : start + local].to(output["completion_ids"].device)
         return output
 
     def _aer_rewards(self, rewards_per_func: torch.Tensor) -> torch.Tensor:
@@ -136,8 +141,10 @@ class AERTrainerMixin:
 
     def _compute_loss(self, model: Any, inputs: dict[str, Any]) -> torch.Tensor:
         if COEFFICIENTS_KEY not in inputs:
-            raise KeyError(f"the batch has no {COEFFICIENTS_KEY!r}: it did not come from this trainer's "
-                           "_generate_and_score_completions")
+            raise KeyError(
+                f"the batch has no {COEFFICIENTS_KEY!r}: it did not come from this trainer's "
+                "_generate_and_score_completions"
+            )
         self._aer_captured = {}
         try:
             loss = super()._compute_loss(model, inputs)
@@ -160,8 +167,14 @@ class AERTrainerMixin:
             self._aer_entropy_sums = (total, count)
         return loss
 
-    def _aer_term(self, entropies: torch.Tensor, coefficients: torch.Tensor, mask: torch.Tensor,
-                  inputs: dict[str, Any], training: bool) -> torch.Tensor:
+    def _aer_term(
+        self,
+        entropies: torch.Tensor,
+        coefficients: torch.Tensor,
+        mask: torch.Tensor,
+        inputs: dict[str, Any],
+        training: bool,
+    ) -> torch.Tensor:
         """-Σ λ_i H_it m_it, normalised as TRL normalises its own `entropy_coef` term."""
         token_mean = entropy_bonus(entropies, coefficients, mask, reduction="token-mean")
         if self.loss_type in _GLOBAL_TOKEN_LOSS_TYPES:
@@ -210,8 +223,12 @@ class AERTrainerMixin:
             return
         path = os.path.join(checkpoint, STATE_FILE)
         if not os.path.exists(path):
-            warnings.warn(f"{path} does not exist (a checkpoint saved without AER): the AER controller starts "
-                          "afresh and anchors its target on the next rollout", RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                f"{path} does not exist (a checkpoint saved without AER): the AER controller starts "
+                "afresh and anchors its target on the next rollout",
+                RuntimeWarning,
+                stacklevel=2,
+            )
             return
         with open(path) as f:
             self.aer_controller.load_state_dict(json.load(f))
@@ -226,10 +243,14 @@ def _check_grpo_args(args: Any) -> None:
     if args is None:  # TRL builds a default GRPOConfig: no entropy bonus
         return
     if getattr(args, "entropy_coef", 0.0) != 0.0:
-        raise ValueError(f"GRPOConfig.entropy_coef must be 0 with AER (AER's coefficients replace TRL's entropy "
-                         f"bonus; set its initial α with AERConfig(coef_init=...)), got {args.entropy_coef!r}")
+        raise ValueError(
+            f"GRPOConfig.entropy_coef must be 0 with AER (AER's coefficients replace TRL's entropy "
+            f"bonus; set its initial α with AERConfig(coef_init=...)), got {args.entropy_coef!r}"
+        )
     if getattr(args, "use_adaptive_entropy", False):
         raise ValueError("GRPOConfig.use_adaptive_entropy must be False with AER (AER adapts α itself)")
-    if getattr(args, "use_liger_kernel", False) and TRL_VERSION < Version("1.14"):
-        raise ValueError(f"GRPOConfig.use_liger_kernel must be False with AER on trl {trl.__version__}: its Liger loss "
-                         "does not go through GRPOTrainer._compute_loss (trl >= 1.14 lifts this)")
+    if getattr(args, "use_liger_kernel", False) and Version("1.14") > TRL_VERSION:
+        raise ValueError(
+            f"GRPOConfig.use_liger_kernel must be False with AER on trl {trl.__version__}: its Liger loss "
+            "does not go through GRPOTrainer._compute_loss (trl >= 1.14 lifts this)"
+        )

@@ -48,19 +48,25 @@ def ppo_loss(config: Any, model_output: dict[str, torch.Tensor], data: Any, dp_g
     Returns:
         (loss, metrics) as verl's `ppo_loss` returns them.
     """
-    if COEFFICIENTS_KEY not in data.keys():
+    if COEFFICIENTS_KEY not in data:
         return verl_losses.ppo_loss(config, model_output, data, dp_group)
     if config.entropy_coeff != 0:
-        raise ValueError(f"actor.entropy_coeff must be 0 when the batch carries {COEFFICIENTS_KEY} (AER's coefficients "
-                         f"replace it), got {config.entropy_coeff!r}")
+        raise ValueError(
+            f"actor.entropy_coeff must be 0 when the batch carries {COEFFICIENTS_KEY} (AER's coefficients "
+            f"replace it), got {config.entropy_coeff!r}"
+        )
     if model_output.get("entropy") is None:
         raise ValueError("the model output has no entropy: set actor_rollout_ref.actor.calculate_entropy=True for AER")
     loss, metrics = verl_losses.ppo_loss(config, model_output, data, dp_group)
     entropy = no_padding_2_padding(model_output["entropy"], data)
     padded = data.select("response_mask", COEFFICIENTS_KEY).to_padded_tensor()
     # ppo_loss has just set global_batch_info (dp size, global token and sequence counts) for this micro-batch.
-    bonus = agg_loss(loss_mat=padded[COEFFICIENTS_KEY] * entropy, loss_mask=padded["response_mask"].to(bool),
-                     loss_agg_mode=config.loss_agg_mode, **config.global_batch_info)
+    bonus = agg_loss(
+        loss_mat=padded[COEFFICIENTS_KEY] * entropy,
+        loss_mask=padded["response_mask"].to(bool),
+        loss_agg_mode=config.loss_agg_mode,
+        **config.global_batch_info,
+    )
     metrics["actor/aer_entropy_bonus"] = Metric(value=bonus.detach(), aggregation=metrics["actor/pg_loss"].aggregation)
     return loss - bonus, metrics
 
@@ -127,15 +133,18 @@ class AERDriver:
             [N] fp32 coefficients on the scores' device.
         """
         if not isinstance(entropy, torch.Tensor) or entropy.dim() != 2 or entropy.shape[0] != len(uids):
-            raise ValueError(f"entropy must be a tensor [N, T] with N = len(uids) = {len(uids)}, "
-                             f"got {_describe(entropy)}")
-        acc = group_accuracy(scores, uids, is_padding=is_padding,
-                             success_threshold=self.controller.config.success_threshold)
+            raise ValueError(
+                f"entropy must be a tensor [N, T] with N = len(uids) = {len(uids)}, got {_describe(entropy)}"
+            )
+        acc = group_accuracy(
+            scores, uids, is_padding=is_padding, success_threshold=self.controller.config.success_threshold
+        )
         keep = _real_samples(scores, uids, is_padding).to(scores.device)
         coefficients = torch.zeros(scores.shape, dtype=torch.float32, device=scores.device)
         coefficients[keep] = self.controller.coefficients(acc[keep], group_size=1).to(scores.device)
-        self.controller.update(*entropy_stats(entropy[keep.to(entropy.device)],
-                                              response_mask[keep.to(response_mask.device)]))
+        self.controller.update(
+            *entropy_stats(entropy[keep.to(entropy.device)], response_mask[keep.to(response_mask.device)])
+        )
         return coefficients
 
 
@@ -144,8 +153,10 @@ def _real_samples(scores: Any, uids: Any, is_padding: Any) -> torch.Tensor:
     if not isinstance(scores, torch.Tensor) or scores.dim() != 1:
         raise ValueError(f"scores must be a 1-D tensor [N], got {_describe(scores)}")
     if isinstance(uids, (str, bytes)) or not hasattr(uids, "__len__") or len(uids) != scores.numel():
-        raise ValueError(f"uids must hold one id per sample ({scores.numel()}), got {type(uids).__name__}"
-                         + (f" of length {len(uids)}" if hasattr(uids, "__len__") else ""))
+        raise ValueError(
+            f"uids must hold one id per sample ({scores.numel()}), got {type(uids).__name__}"
+            + (f" of length {len(uids)}" if hasattr(uids, "__len__") else "")
+        )
     if is_padding is None:
         return torch.ones(scores.numel(), dtype=torch.bool)
     padding = torch.as_tensor(np.asarray(is_padding.cpu() if isinstance(is_padding, torch.Tensor) else is_padding))

@@ -59,8 +59,11 @@ class AERTrainerMixin:
         batch = super()._compute_advantage(batch, metrics=metrics)
         if self.config.trainer.critic_warmup > self.global_steps:
             return batch  # no actor update this step: no coefficients, no controller update
-        data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id,
-                               select_fields=["uid", "rm_scores", "entropy", "response_mask"])
+        data = tq.kv_batch_get(
+            keys=batch.keys,
+            partition_id=batch.partition_id,
+            select_fields=["uid", "rm_scores", "entropy", "response_mask"],
+        )
         response_mask = data["response_mask"]
         padded = data.to_padded_tensor()
         coefficients = self.aer.step(
@@ -95,8 +98,12 @@ class AERTrainerMixin:
             folder = os.path.join(trainer.default_local_dir, f"global_step_{self.global_steps}")
         path = os.path.join(os.path.abspath(folder), STATE_FILE)
         if not os.path.exists(path):
-            warnings.warn(f"{path} does not exist (a checkpoint saved without AER): the AER controller starts "
-                          "afresh and anchors its target on the next step", RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                f"{path} does not exist (a checkpoint saved without AER): the AER controller starts "
+                "afresh and anchors its target on the next step",
+                RuntimeWarning,
+                stacklevel=2,
+            )
             return
         with open(path) as f:
             self.aer.controller.load_state_dict(json.load(f))
@@ -110,13 +117,17 @@ class AERPPOTrainerSync(AERTrainerMixin, PPOTrainerSync):
 def _check_config(config: Any) -> None:
     actor = config.actor_rollout_ref.actor
     if actor.entropy_coeff != 0:
-        raise ValueError(f"actor_rollout_ref.actor.entropy_coeff must be 0 with AER (AER's coefficients replace it), "
-                         f"got {actor.entropy_coeff!r}")
+        raise ValueError(
+            f"actor_rollout_ref.actor.entropy_coeff must be 0 with AER (AER's coefficients replace it), "
+            f"got {actor.entropy_coeff!r}"
+        )
     if not actor.calculate_entropy:
         raise ValueError("actor_rollout_ref.actor.calculate_entropy must be True with AER (its loss needs the entropy)")
     correction = config.algorithm.get("rollout_correction") or {}
     if correction.get("bypass_mode", False):
-        raise ValueError("algorithm.rollout_correction.bypass_mode must be off with AER: it skips the old-log-prob "
-                         "pass, which computes the rollout entropy the controller reads")
+        raise ValueError(
+            "algorithm.rollout_correction.bypass_mode must be off with AER: it skips the old-log-prob "
+            "pass, which computes the rollout entropy the controller reads"
+        )
     if is_distillation_enabled(config.get("distillation")):
         raise ValueError("distillation must be off with AER: it replaces the actor's loss")
