@@ -1,6 +1,5 @@
 """Data parallelism: every gloo rank, holding a shard of each batch, ends with exactly the single-process state."""
 
-import datetime
 import json
 import warnings
 from pathlib import Path
@@ -8,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-from gloo_workers import run_workers
+from gloo_workers import gloo_group, run_workers
 
 from aer import AERConfig, AERController, entropy_stats, group_accuracy
 
@@ -66,14 +65,7 @@ def run(ctrl: AERController, responses: torch.Tensor, **update_kwargs) -> dict:
 
 
 def worker(rank: int, port: int, world_size: int, out_dir: str) -> None:
-    dist.init_process_group(
-        "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
-        rank=rank,
-        world_size=world_size,
-        timeout=datetime.timedelta(seconds=60),
-    )
-    try:
+    with gloo_group(rank, port, world_size, timeout_s=60):
         calls = []
         all_reduce = dist.all_reduce
 
@@ -90,8 +82,6 @@ def worker(rank: int, port: int, world_size: int, out_dir: str) -> None:
             result["subgroup"] = run(AERController(CONFIG), shard(world_size, rank), group=subgroup)
         Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result))
         dist.barrier()
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.mark.parametrize("world_size", [2, 3])

@@ -1,21 +1,19 @@
-"""vocab_parallel_linear_logprobs_and_entropy on gloo ranks holding unequal (one empty) shards of the LM-head
+"""vocab_parallel_linear_logprobs_and_entropy on 2 and 3 gloo ranks holding unequal (one empty) shards of the LM-head
 weight: every rank gets the single-process op's outputs, its shard's slice of the single-process dW and db, and
 the full dh; without the reduction the ranks' partial dh sum to it."""
-
-import datetime
-import os
 
 import pytest
 import torch
 import torch.distributed as dist
-from gloo_workers import run_workers
+from gloo_workers import gloo_group, kernel_device, run_workers
 
 import aer_kernels as ak
 
-WORLD = 3
 TIMEOUT_S = 120
 TEMPERATURE = 0.8
-LAYOUTS = [[9, 1, 6], [7, 0, 9], [1, 12]]  # rows of the weight per rank; two-rank layouts use ranks 0 and 1
+# Rows of the weight per rank, by world size; in the world of three, a two-rank layout runs on the sub-group of
+# ranks 0 and 1 (a group other than the default one).
+LAYOUTS = {3: [[9, 1, 6], [7, 0, 9], [1, 12]], 2: [[5, 11], [0, 9]]}
 LEAD, WIDTH = (2, 5), 8
 TOLERANCE = {torch.float64: dict(rtol=1e-10, atol=1e-10), torch.float32: dict(rtol=1e-4, atol=2e-5)}
 
@@ -86,36 +84,28 @@ def check_layout(widths, dtype, backend, device, group, rank):
     torch.testing.assert_close(partial_dh, single[2], **tol, msg=lambda m: f"summed partial dh {what}: {m}")
 
 
-def worker(rank, port, backend, dtypes):
-    device = "cuda" if backend == "triton" and os.environ.get("TRITON_INTERPRET") != "1" else "cpu"
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
-        rank=rank,
-        world_size=WORLD,
-        timeout=datetime.timedelta(seconds=TIMEOUT_S),
-    )
-    try:
-        pair = dist.new_group([0, 1])
-        for widths in LAYOUTS:
-            if len(widths) == 2 and rank == 2:
+def worker(rank, port, world, backend, dtypes):
+    device = kernel_device(backend)
+    with gloo_group(rank, port, world, TIMEOUT_S):
+        pair = dist.new_group([0, 1]) if world > 2 else None
+        for widths in LAYOUTS[world]:
+            on_pair = len(widths) < world
+            if on_pair and rank >= len(widths):
                 continue
             for dtype in dtypes:
-                check_layout(widths, dtype, backend, device, pair if len(widths) == 2 else None, rank)
-    finally:
-        dist.destroy_process_group()
+                check_layout(widths, dtype, backend, device, pair if on_pair else None, rank)
 
 
 @pytest.mark.distributed
-def test_shards_match_single_process_reference():
-    run_workers(worker, WORLD, "reference", [torch.float64, torch.float32], timeout_s=TIMEOUT_S)
+@pytest.mark.parametrize("world", [2, 3])
+def test_shards_match_single_process_reference(world):
+    run_workers(worker, world, world, "reference", [torch.float64, torch.float32], timeout_s=TIMEOUT_S)
 
 
 @pytest.mark.distributed
 @pytest.mark.interpreter
 def test_shards_match_single_process_triton():
-    run_workers(worker, WORLD, "triton", [torch.float32], timeout_s=TIMEOUT_S)
+    run_workers(worker, 3, 3, "triton", [torch.float32], timeout_s=TIMEOUT_S)
 
 
 def test_world_of_one_without_init_equals_single_process():

@@ -1,13 +1,10 @@
 """Vocab-parallel log-probs and entropy: each gloo rank, holding a vocabulary shard, gets the single-process
 result on the concatenated logits (float64 truth, the tolerance rule of numerics.py) and its shard's gradient."""
 
-import datetime
-import os
-
 import pytest
 import torch
 import torch.distributed as dist
-from gloo_workers import run_workers
+from gloo_workers import gloo_group, kernel_device, run_workers
 from numerics import assert_within_rule, formula, realistic_logits, truth
 
 import aer_kernels as ak
@@ -146,18 +143,8 @@ def check_compiles(rank):
 
 
 def worker(rank, port, backend, dtypes):
-    if backend == "triton":
-        assert os.environ.get("TRITON_INTERPRET") == "1" or torch.cuda.is_available(), "TRITON_INTERPRET not inherited"
-    device = "cuda" if backend == "triton" and os.environ.get("TRITON_INTERPRET") != "1" else "cpu"
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
-        rank=rank,
-        world_size=WORLD,
-        timeout=datetime.timedelta(seconds=TIMEOUT_S),
-    )
-    try:
+    device = kernel_device(backend)
+    with gloo_group(rank, port, WORLD, TIMEOUT_S):
         pair = dist.new_group([0, 1])
         for widths in LAYOUTS:
             if len(widths) == 2 and rank == 2:
@@ -169,8 +156,6 @@ def worker(rank, port, backend, dtypes):
         check_undefined_rows(backend, device, rank)
         if backend == "reference":
             check_compiles(rank)
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.mark.distributed

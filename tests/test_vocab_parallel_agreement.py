@@ -2,13 +2,11 @@
 temperatures, masks or overlapping shards get the same ValueError on every rank (without it, gloo aborts the
 processes), and ranks that agree get the unchecked results."""
 
-import datetime
 import os
 
 import pytest
 import torch
-import torch.distributed as dist
-from gloo_workers import run_workers
+from gloo_workers import gloo_group, run_workers
 
 import aer_kernels as ak
 
@@ -65,15 +63,7 @@ MISMATCHES = [
 
 
 def worker(rank, port):
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
-        rank=rank,
-        world_size=WORLD,
-        timeout=datetime.timedelta(seconds=TIMEOUT_S),
-    )
-    try:
+    with gloo_group(rank, port, WORLD, TIMEOUT_S):
         for call, override, message in MISMATCHES:
             with pytest.raises(ValueError, match=message):
                 call(rank, check_agreement=True, **(override if rank == 2 else {}))
@@ -83,8 +73,6 @@ def worker(rank, port):
         for call in (logits_call, linear_call):  # agreeing ranks: the same results as without the check
             checked, unchecked = call(rank), call(rank, check_agreement=False)
             torch.testing.assert_close(checked, unchecked, rtol=0, atol=0, equal_nan=True)
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.mark.distributed
