@@ -1,2 +1,2 @@
-"""End-to-end RLVR demo: GRPO on generated sorting tasks, comparing no entropy term, fixed entropy
-coefficients and AER. Run ``python -m aer.demo`` (``--quick`` for a smaller run)."""
+"""End-to-end RLVR demo: GRPO on countdown problems, comparing no entropy term, a fixed entropy coefficient and
+AER, over seeds. ``python -m aer.demo`` (``--quick``: a small run; ``--study``: the experiment)."""

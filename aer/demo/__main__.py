@@ -1,17 +1,20 @@
-"""``python -m aer.demo [--quick] [--output-dir DIR] [--device cpu|cuda] [--seed N] [--steps N] [--threads N]``"""
+"""``python -m aer.demo [--quick | --study] ...``: ``--help`` lists the options."""
 
 from __future__ import annotations
 
 import argparse
+import time
 from dataclasses import replace
 from pathlib import Path
 
-from .config import DemoConfig, quick
+from .train import Config, quick
 
+DEFAULT_RATIO = 0.7  # AER's target ratio in the default run: see the README's demo section for the evidence
+STUDY_RATIOS = (0.6, 0.7, 0.8)
 REPRODUCIBILITY = (
-    "Reproducibility: on CPU, the same seed, --threads and torch version on the same CPU type give the same "
-    "numbers, to the last digit. Another thread count, torch version or CPU type adds floating-point numbers in "
-    "another order: the last digits differ at first, and after a few hundred steps of sampling so can the table. "
+    "Reproducibility: on CPU, the same seed, --threads and torch build give the same numbers to the last digit, "
+    "whatever --jobs (every run is its own process, or runs alone). Another thread count, torch build or CPU type "
+    "adds floating-point numbers in another order, and after some steps of sampling the table can differ. "
     "With --device cuda nothing is promised beyond the same GPU model, and that is not tested."
 )
 
@@ -23,69 +26,100 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def parser() -> argparse.ArgumentParser:
-    """The command line, with the defaults and the ``--quick`` settings read from the configuration.
+def _ratio(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
+    return value
 
-    Args:
-        None.
-    """
-    default, fast = DemoConfig(), quick(DemoConfig())
+
+def parser() -> argparse.ArgumentParser:
+    """The command line, its defaults read from ``Config``."""
+    default, fast = Config(), quick(Config())
     parser = argparse.ArgumentParser(
         prog="python -m aer.demo",
         epilog=REPRODUCIBILITY,
-        description="GRPO on sorting tasks: no entropy term, fixed coefficients and "
-        "AER, compared on held-out accuracy.",
+        description="GRPO on countdown problems: no entropy term, a fixed coefficient and AER, compared on "
+        "held-out pass@k; --study repeats that over seeds and target ratios and says whether the difference holds.",
     )
-    parser.add_argument(
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument(
         "--quick",
         action="store_true",
-        help=f"a smaller run, about a minute on 2 CPU cores: {fast.steps} steps at lr {fast.lr:g}, "
-        f"{fast.eval_per_tier} held-out problems per tier, and AER target ratio ρ = {fast.aer_target_ratio:g} "
-        f"instead of AER's default {default.aer_target_ratio:g} (so few steps only reach the start of the "
-        f"entropy collapse; ρ = {fast.aer_target_ratio:g} puts the target where it crosses)",
+        help=f"a small run of the same pipeline for the tests: {fast.steps} steps, {fast.eval_per_tier} held-out "
+        f"problems per tier, {fast.warm_start_steps} warm-start steps",
+    )
+    mode.add_argument(
+        "--study",
+        action="store_true",
+        help=f"the experiment: every arm, AER at each --target-ratios, on --seeds seeds (default 3 here), "
+        f"--jobs processes at a time; writes study.md/.json/.png (default ratios {STUDY_RATIOS})",
     )
     parser.add_argument(
-        "--output-dir",
-        type=Path,
-        default=Path("demo_output"),
-        help="where summary.json, entropy.png, accuracy.png and the warm-start cache go (default: demo_output)",
-    )
-    parser.add_argument(
-        "--device",
-        choices=("cpu", "cuda"),
-        default=default.device,
-        help=f"where GRPO runs (default: {default.device}); the warm-start always runs on CPU",
-    )
-    parser.add_argument("--seed", type=int, default=default.seed, help=f"(default: {default.seed})")
-    parser.add_argument(
-        "--steps",
+        "--seeds",
         type=_positive_int,
-        help=f"GRPO steps per arm (default: {default.steps}, or {fast.steps} with --quick)",
+        help="number of seeds, 0..N-1 (default: 1, or 3 with --study); each is a replicate of the whole "
+        "experiment: its own problems, warm start and training draws",
     )
+    parser.add_argument("--seed", type=int, default=0, help="the first seed (default: 0)")
+    parser.add_argument(
+        "--target-ratio",
+        type=_ratio,
+        default=DEFAULT_RATIO,
+        help=f"AER's ρ (target = ρ × initial entropy) in the run and of the uniform-weighting arm in the study "
+        f"(default: {DEFAULT_RATIO})",
+    )
+    parser.add_argument(
+        "--target-ratios",
+        type=_ratio,
+        nargs="+",
+        default=STUDY_RATIOS,
+        help=f"with --study: the ρ values swept (default: {' '.join(map(str, STUDY_RATIOS))})",
+    )
+    parser.add_argument("--jobs", type=_positive_int, default=2, help="processes at a time (default: 2)")
     parser.add_argument(
         "--threads",
         type=_positive_int,
         default=default.threads,
-        help=f"torch CPU threads (default: {default.threads}); the numbers depend on it, see Reproducibility below",
+        help=f"torch CPU threads per process (default: {default.threads}); the numbers depend on it",
+    )
+    parser.add_argument("--steps", type=_positive_int, help=f"GRPO steps per run (default: {default.steps})")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where GRPO runs (default: cpu)")
+    parser.add_argument(
+        "--output-dir",
+        type=Path,
+        default=Path("demo_output"),
+        help="where study.md, study.json, runs.json, study.png, entropy.png and the warm-start cache go "
+        "(default: demo_output)",
     )
     return parser
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Parse ``argv`` (default: the command line) and run the demo.
-
-    Args:
-        argv: the arguments after ``python -m aer.demo``; ``--help`` lists them.
-    """
-    from .run import run_demo  # after parsing, so --help answers without loading torch
-
+def main(argv: list[str] | None = None) -> dict:
+    """Parse ``argv`` (default: the command line), run, write and print the results; returns the JSON record."""
     args = parser().parse_args(argv)
-    config = replace(DemoConfig(), seed=args.seed, device=args.device, threads=args.threads)
-    if args.quick:
-        config = quick(config)
-    if args.steps is not None:
-        config = replace(config, steps=args.steps)
-    run_demo(config, args.output_dir)
+    from . import study  # after parsing, so --help answers without loading torch
+
+    config = replace(Config(), device=args.device, threads=args.threads)
+    config = quick(config) if args.quick else config
+    config = replace(config, steps=args.steps) if args.steps else config
+    seeds = list(range(args.seed, args.seed + (args.seeds or (3 if args.study else 1))))
+    ratios = tuple(args.target_ratios) if args.study else (args.target_ratio,)
+    arm_list = study.arms(ratios, args.target_ratio)
+    runs = len(seeds) * len(arm_list)
+    print(
+        f"{runs} runs ({len(arm_list)} arms × {len(seeds)} seed(s)) of {config.steps} GRPO steps on countdown "
+        f"{config.tiers}, {args.jobs} process(es) of {config.threads} torch thread(s) each, {config.device}: "
+        f"about {study.estimate_seconds(config, runs, len(seeds), args.jobs) / 60:.0f} min on a 2-core Xeon."
+    )
+    started = time.perf_counter()
+    results = study.run(config, arm_list, seeds, args.jobs, args.output_dir)
+    record = study.report(config, results, args.jobs, args.output_dir, time.perf_counter() - started)
+    print(
+        f"\nWrote study.md, study.json, runs.json, study.png, entropy.png into {args.output_dir}/ in "
+        f"{record['wall_seconds']:.0f} s."
+    )
+    return record
 
 
 if __name__ == "__main__":
