@@ -1,6 +1,5 @@
 """Fused per-token entropy and log-prob for LLM reinforcement learning."""
 
-from . import reference
 from .entropy import entropy, logprobs_and_entropy
 from .linear import linear_entropy, linear_logprobs_and_entropy, vocab_parallel_linear_logprobs_and_entropy
 from .vocab_parallel import vocab_parallel_entropy, vocab_parallel_logprobs_and_entropy
@@ -10,7 +9,6 @@ __all__ = [
     "linear_entropy",
     "linear_logprobs_and_entropy",
     "logprobs_and_entropy",
-    "reference",
     "vocab_parallel_entropy",
     "vocab_parallel_linear_logprobs_and_entropy",
     "vocab_parallel_logprobs_and_entropy",

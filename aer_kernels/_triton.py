@@ -1,4 +1,6 @@
-"""Triton kernels for per-row entropy / log-prob, forward and backward, and their launchers.
+"""The Triton backend: the per-row entropy / log-prob kernels, forward and backward, and the launchers of the
+backend's functions (``forward``, ``backward``, and ``partials``/``combine`` of the vocab-parallel combine, whose
+kernels are in ``_triton_vocab_parallel.py``), with the reference backend's arguments.
 
 Forward, one pass over the row. A program streams its columns in ``[UNROLL, WARPS, 32 * VEC]`` tiles: each
 warp owns a slice of every tile and keeps its own running max ``m`` (in logit units, so ``x - m`` is exact
@@ -29,11 +31,14 @@ import triton.language as tl
 
 from ._config import LaunchConfig, launch_config
 from ._layout import RowLayout
+from ._triton_vocab_parallel import vocab_parallel_combine_kernel, vocab_parallel_partials_kernel
 
 LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
 # Beyond this many nats below the max, exp underflows to 0 in fp32: clamping there keeps 0 * -inf out.
 _FLOOR = tl.constexpr(-1.0e4)
+# Rows per program of the elementwise vocab-parallel kernels.
+_ROWS_PER_PROGRAM = 1024
 
 
 @triton.jit
@@ -452,4 +457,42 @@ def backward(
             UNROLL=cfg.unroll,
             WARPS=cfg.num_warps,
             num_warps=cfg.num_warps,
+        )
+
+
+def partials(stats, h, logp, targets, row_max, vocab: int, temperature: float, sums) -> None:
+    """Fill ``sums`` ([2, N], or [4, N] with ``targets``) from one shard's per-row statistics."""
+    n = stats.shape[0]
+    if n == 0:
+        return
+    with on_device_of(stats):
+        vocab_parallel_partials_kernel[(triton.cdiv(n, _ROWS_PER_PROGRAM),)](
+            stats_ptr=stats,
+            h_ptr=h,
+            logp_ptr=logp if targets is not None else None,
+            targets_ptr=targets,
+            row_max_ptr=row_max,
+            sums_ptr=sums,
+            N=n,
+            V=vocab,
+            inv_t=1.0 / temperature,
+            BLOCK=_ROWS_PER_PROGRAM,
+        )
+
+
+def combine(row_max, sums, mask, h, logp, stats) -> None:
+    """Fill ``h``, ``stats`` (and ``logp`` when ``sums`` has 4 rows) from the summed partials."""
+    n = row_max.numel()
+    if n == 0:
+        return
+    with on_device_of(row_max):
+        vocab_parallel_combine_kernel[(triton.cdiv(n, _ROWS_PER_PROGRAM),)](
+            row_max_ptr=row_max,
+            sums_ptr=sums,
+            mask_ptr=_as_bytes(mask),
+            h_ptr=h,
+            logp_ptr=logp if sums.shape[0] == 4 else None,
+            stats_ptr=stats,
+            N=n,
+            BLOCK=_ROWS_PER_PROGRAM,
         )

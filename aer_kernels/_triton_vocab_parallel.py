@@ -1,19 +1,15 @@
-"""Triton kernels for the per-row steps of the vocab-parallel combine (see ``vocab_parallel.py``).
+"""Triton kernels for the per-row steps of the vocab-parallel combine (see ``vocab_parallel.py``); their
+launchers, ``partials`` and ``combine``, are in ``_triton.py`` with the rest of the Triton backend.
 
-Both are elementwise over rows: ``partials`` turns one shard's row statistics ``(m_r, log_s_r)``, ``H_r``
-and ``logp_r`` into the rows of the tensor that is summed over ranks, ``combine`` turns the summed rows
+Both are elementwise over rows: the partials kernel turns one shard's row statistics ``(m_r, log_s_r)``, ``H_r``
+and ``logp_r`` into the rows of the tensor that is summed over ranks, the combine kernel turns the summed rows
 into ``H``, ``logp`` and the global row statistics. One launch each instead of a dozen small PyTorch kernels.
 """
 
 from __future__ import annotations
 
-import torch
 import triton
 import triton.language as tl
-
-from ._triton import on_device_of
-
-_BLOCK = 1024
 
 
 @triton.heuristics({"HAS_TARGETS": lambda args: args["targets_ptr"] is not None})
@@ -89,45 +85,3 @@ def vocab_parallel_combine_kernel(
         owners = tl.load(sums_ptr + 3 * N + rows, mask=in_range, other=1.0)
         logp = tl.where(owners == 1.0, z_rel - log_s, float("nan"))
         tl.store(logp_ptr + rows, tl.where(active, logp, 0.0), mask=in_range)
-
-
-def _grid(n: int) -> tuple[int]:
-    return (triton.cdiv(n, _BLOCK),)
-
-
-def partials(stats, h, logp, targets, row_max, vocab: int, temperature: float, sums) -> None:
-    """Fill ``sums`` ([2, N], or [4, N] with ``targets``) from one shard's per-row statistics."""
-    n = stats.shape[0]
-    if n == 0:
-        return
-    with on_device_of(stats):
-        vocab_parallel_partials_kernel[_grid(n)](
-            stats_ptr=stats,
-            h_ptr=h,
-            logp_ptr=logp if targets is not None else None,
-            targets_ptr=targets,
-            row_max_ptr=row_max,
-            sums_ptr=sums,
-            N=n,
-            V=vocab,
-            inv_t=1.0 / temperature,
-            BLOCK=_BLOCK,
-        )
-
-
-def combine(row_max, sums, mask, h, logp, stats) -> None:
-    """Fill ``h``, ``stats`` (and ``logp`` when ``sums`` has 4 rows) from the summed partials."""
-    n = row_max.numel()
-    if n == 0:
-        return
-    with on_device_of(row_max):
-        vocab_parallel_combine_kernel[_grid(n)](
-            row_max_ptr=row_max,
-            sums_ptr=sums,
-            mask_ptr=mask.view(torch.uint8) if mask is not None else None,
-            h_ptr=h,
-            logp_ptr=logp if sums.shape[0] == 4 else None,
-            stats_ptr=stats,
-            N=n,
-            BLOCK=_BLOCK,
-        )

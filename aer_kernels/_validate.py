@@ -1,4 +1,4 @@
-"""Argument checks shared by both backends: every error is raised before any work.
+"""Argument checks and dtype rules shared by every op and backend: every error is raised before any work.
 
 Messages are built from constants only (sizes through ``shape_text``, numbers through ``float``), so that
 ``torch.compile`` can form them from symbolic sizes and temperatures and re-raise them unchanged.
@@ -19,6 +19,11 @@ MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-30, 1e30
 _TEMPERATURE_RANGE = f"[{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}]"
 _KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _LOGITS_DTYPES = (*_KERNEL_DTYPES, torch.float64)
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """fp32 for every logits dtype but float64, which keeps float64 (the dtype of the per-row outputs too)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def triton_available() -> bool:

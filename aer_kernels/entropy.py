@@ -1,17 +1,11 @@
 """Per-token entropy and target log-prob, top to bottom: torch.library ops -> autograd -> public API.
 
-The ops are ``aer_kernels::forward`` (returns ``H``, ``logp`` and the ``[N, 2]`` row statistics
-``(m, log_s)``: the row max and ``lse`` relative to it), ``aer_kernels::backward`` (a new gradient buffer)
-and ``aer_kernels::backward_`` (the gradient written over the logits). Only the row statistics and ``H``
-(12 bytes a row) are saved for backward.
-
-Under ``torch.compile`` the public functions hand the ops the temperature as a 0-d float64 CPU tensor
-(``temperature_tensor``): Dynamo makes a Python float a graph input, and a ``float`` op argument would pin it to
-one value per compiled graph. The ops read it on the host, where it lives (no device sync), and are tagged
-``cudagraph_unsafe`` so that a CUDA graph never freezes a launch with one temperature baked in. Argument errors
-found while Dynamo traces become ``aer_kernels::argument_error``, which raises the same error when the compiled
-code runs: a raise during tracing would reach the caller as Dynamo's ``Unsupported``. ``aer_kernels::backward``
-has an autograd formula that only raises: double backward is not supported, and says so by name.
+The ops are ``aer_kernels::entropy_fwd`` (returns ``logp``, ``H`` and the ``[N, 2]`` row statistics
+``(m, log_s)``: the row max and ``lse`` relative to it), ``aer_kernels::entropy_bwd`` (a new gradient buffer)
+and ``aer_kernels::entropy_bwd_inplace`` (the gradient written over the logits). Only the row statistics and
+``H`` (12 bytes a row) are saved for backward. How the temperature and argument errors travel under
+``torch.compile`` is in ``_ops.py``. ``aer_kernels::entropy_bwd`` has an autograd formula that only raises:
+double backward is not supported, and says so by name.
 """
 
 from __future__ import annotations
@@ -19,38 +13,25 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import reference
+from ._backends import backend_module
 from ._layout import row_layout, with_row_layout
-from ._validate import check_args
-
-# A CUDA graph would replay the launch with the temperature read at capture.
-_OP_TAGS = (torch.Tag.cudagraph_unsafe,)
-_ERRORS = {"TypeError": TypeError, "ValueError": ValueError, "RuntimeError": RuntimeError}  # what the checks raise
-
-
-def _impl(backend: str):
-    if backend == "triton":
-        from . import _triton
-
-        return _triton
-    return reference
+from ._ops import OP_TAGS, failed_call_outputs, temperature_args, temperature_value, undefined_logp_grad
+from ._validate import accumulation_dtype, check_args
 
 
 def _row_arg(t: Tensor | None) -> Tensor | None:
     return None if t is None else t.reshape(-1).contiguous()
 
 
-def _temperature(temperature: float, temperature_tensor: Tensor | None) -> float:
-    """T for the launchers: ``temperature_tensor``'s value when given (a CPU read, no device sync)."""
-    if temperature_tensor is None:
-        return temperature
-    if temperature_tensor.device.type != "cpu" or temperature_tensor.numel() != 1:
-        raise ValueError("temperature_tensor must hold one value on the CPU (reading a GPU tensor would sync)")
-    return temperature_tensor.item()
+def _fwd_outputs(logits: Tensor, has_targets: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """``(logp, H, stats)``: ``[N]`` (``[0]`` without targets), ``[N]``, ``[N, 2]``, in the accumulation dtype."""
+    n = logits.numel() // logits.shape[-1]
+    out = dict(device=logits.device, dtype=accumulation_dtype(logits.dtype))
+    return torch.empty(n if has_targets else 0, **out), torch.empty(n, **out), torch.empty((n, 2), **out)
 
 
-@torch.library.custom_op("aer_kernels::forward", mutates_args=(), tags=_OP_TAGS)
-def _forward(
+@torch.library.custom_op("aer_kernels::entropy_fwd", mutates_args=(), tags=OP_TAGS)
+def entropy_fwd(
     logits: Tensor,
     targets: Tensor | None,
     mask: Tensor | None,
@@ -59,33 +40,29 @@ def _forward(
     inplace_backward: bool,
     temperature_tensor: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    temperature = _temperature(temperature, temperature_tensor)
-    layout = row_layout(logits)
-    n = layout.n_rows
-    out = dict(device=logits.device, dtype=reference.accumulation_dtype(logits.dtype))
-    h, stats = torch.empty(n, **out), torch.empty((n, 2), **out)
-    logp = torch.empty(n if targets is not None else 0, **out)
-    _impl(backend).forward(
-        logits, layout, _row_arg(targets), _row_arg(mask), temperature, h, logp if targets is not None else None, stats
+    logp, h, stats = _fwd_outputs(logits, targets is not None)
+    backend_module(backend).forward(
+        logits,
+        row_layout(logits),
+        _row_arg(targets),
+        _row_arg(mask),
+        temperature_value(temperature, temperature_tensor),
+        h,
+        logp if targets is not None else None,
+        stats,
     )
-    return h, logp, stats
+    return logp, h, stats
 
 
-@_forward.register_fake
+@entropy_fwd.register_fake
 def _(logits, targets, mask, temperature, backend, inplace_backward, temperature_tensor=None):
-    n = logits.numel() // logits.shape[-1]
-    out = dict(device=logits.device, dtype=reference.accumulation_dtype(logits.dtype))
-    return (
-        logits.new_empty(n, **out),
-        logits.new_empty(n if targets is not None else 0, **out),
-        logits.new_empty((n, 2), **out),
-    )
+    return _fwd_outputs(logits, targets is not None)
 
 
 def _backward_into(grad: Tensor, logits, targets, mask, stats, h, grad_h, grad_logp, temperature, backend):
     layout = row_layout(logits)
     grad_layout = layout if grad is logits else layout.contiguous()
-    _impl(backend).backward(
+    backend_module(backend).backward(
         logits,
         layout,
         grad,
@@ -100,8 +77,8 @@ def _backward_into(grad: Tensor, logits, targets, mask, stats, h, grad_h, grad_l
     )
 
 
-@torch.library.custom_op("aer_kernels::backward", mutates_args=(), tags=_OP_TAGS)
-def _backward(
+@torch.library.custom_op("aer_kernels::entropy_bwd", mutates_args=(), tags=OP_TAGS)
+def entropy_bwd(
     logits: Tensor,
     targets: Tensor | None,
     mask: Tensor | None,
@@ -114,31 +91,30 @@ def _backward(
     temperature_tensor: Tensor | None = None,
 ) -> Tensor:
     grad = torch.empty(logits.shape, device=logits.device, dtype=logits.dtype)
-    _backward_into(
-        grad, logits, targets, mask, stats, h, grad_h, grad_logp, _temperature(temperature, temperature_tensor), backend
-    )
+    temperature = temperature_value(temperature, temperature_tensor)
+    _backward_into(grad, logits, targets, mask, stats, h, grad_h, grad_logp, temperature, backend)
     return grad
 
 
-@_backward.register_fake
+@entropy_bwd.register_fake
 def _(logits, targets, mask, stats, h, grad_h, grad_logp, temperature, backend, temperature_tensor=None):
     return torch.empty(logits.shape, device=logits.device, dtype=logits.dtype)
 
 
 def _no_double_backward(ctx, *grads):
     raise NotImplementedError(
-        "aer_kernels::backward (the logits' gradient of aer_kernels' entropy and log-prob ops) has no gradient "
+        "aer_kernels::entropy_bwd (the logits' gradient of aer_kernels' entropy and log-prob ops) has no gradient "
         "of its own: double backward is not supported. For second-order terms, differentiate the PyTorch "
         "expression instead: log_p = torch.log_softmax(logits.float() / T, -1); "
         "logp = log_p.gather(-1, targets[..., None]); H = -(log_p.exp() * log_p).sum(-1)"
     )
 
 
-torch.library.register_autograd("aer_kernels::backward", _no_double_backward)
+torch.library.register_autograd("aer_kernels::entropy_bwd", _no_double_backward)
 
 
-@torch.library.custom_op("aer_kernels::backward_", mutates_args=("logits",), tags=_OP_TAGS)
-def _backward_inplace(
+@torch.library.custom_op("aer_kernels::entropy_bwd_inplace", mutates_args=("logits",), tags=OP_TAGS)
+def entropy_bwd_inplace(
     logits: Tensor,
     targets: Tensor | None,
     mask: Tensor | None,
@@ -150,39 +126,20 @@ def _backward_inplace(
     backend: str,
     temperature_tensor: Tensor | None = None,
 ) -> None:
-    _backward_into(
-        logits,
-        logits,
-        targets,
-        mask,
-        stats,
-        h,
-        grad_h,
-        grad_logp,
-        _temperature(temperature, temperature_tensor),
-        backend,
-    )
-
-
-def undefined_logp_grad(grad_logp: Tensor, logp_defined: Tensor) -> Tensor:
-    """``grad_logp``, NaN where a nonzero gradient flows into an undefined (NaN) log-prob.
-
-    A zero upstream gradient (the ``ignore_index`` pattern: ``torch.where(t != -100, logp, 0)``) gives a
-    zero gradient, so excluded rows never poison the weights.
-    """
-    return torch.where(logp_defined | (grad_logp == 0), grad_logp, float("nan"))
+    temperature = temperature_value(temperature, temperature_tensor)
+    _backward_into(logits, logits, targets, mask, stats, h, grad_h, grad_logp, temperature, backend)
 
 
 def _setup_context(ctx, inputs, output):
     logits, targets, mask, temperature, backend, inplace_backward, temperature_tensor = inputs
-    h, _, stats = output
+    _, h, stats = output
     ctx.mark_non_differentiable(stats)
     ctx.set_materialize_grads(False)  # an unused output's gradient arrives as None: no work for it
     ctx.save_for_backward(logits, targets, mask, stats, h, temperature_tensor)
     ctx.temperature, ctx.backend, ctx.inplace_backward = temperature, backend, inplace_backward
 
 
-def _autograd_backward(ctx, grad_h, grad_logp, _grad_stats):
+def _autograd_backward(ctx, grad_logp, grad_h, _grad_stats):
     no_grads = (None,) * 7
     logits, targets, mask, stats, h, temperature_tensor = ctx.saved_tensors
     if targets is None:
@@ -199,38 +156,14 @@ def _autograd_backward(ctx, grad_h, grad_logp, _grad_stats):
         grad_logp = undefined_logp_grad(grad_logp, in_vocab.reshape(-1))
     args = (targets, mask, stats, h, grad_h, grad_logp, ctx.temperature, ctx.backend, temperature_tensor)
     if ctx.inplace_backward:
-        torch.ops.aer_kernels.backward_(logits, *args)
+        entropy_bwd_inplace(logits, *args)
         grad = logits
     else:
-        grad = torch.ops.aer_kernels.backward(logits, *args)
+        grad = entropy_bwd(logits, *args)
     return (grad, *no_grads[1:])
 
 
-torch.library.register_autograd("aer_kernels::forward", _autograd_backward, setup_context=_setup_context)
-
-
-@torch.library.custom_op("aer_kernels::argument_error", mutates_args=())
-def _argument_error(like: Tensor, error: str, message: str) -> Tensor:
-    """Raise ``error(message)``: an argument error found while torch.compile traced the call, raised when run."""
-    raise _ERRORS[error](message)
-
-
-@_argument_error.register_fake
-def _(like, error, message):
-    return torch.empty_like(like)
-
-
-torch.fx.node.has_side_effect(torch.ops.aer_kernels.argument_error.default)  # raises even when the output is unused
-
-
-def _failed_call_outputs(err: Exception, logits) -> tuple[Tensor, Tensor]:
-    """What a call with bad arguments returns while torch.compile traces it: placeholders shaped like the real
-    outputs, made by an op that raises ``err`` (same type, same text) when the compiled code runs."""
-    lead = logits.shape[:-1] if isinstance(logits, Tensor) else ()
-    device = logits.device if isinstance(logits, Tensor) else None
-    error = next(name for name, kind in _ERRORS.items() if isinstance(err, kind))  # not type(err).__name__:
-    out = _argument_error(torch.empty(lead, device=device), error, str(err))  # torch 2.11 cannot trace that
-    return out, out
+torch.library.register_autograd("aer_kernels::entropy_fwd", _autograd_backward, setup_context=_setup_context)
 
 
 def _check_inplace(logits: Tensor) -> None:
@@ -246,17 +179,8 @@ def _check_inplace(logits: Tensor) -> None:
         raise ValueError("inplace_backward=True needs logits whose rows do not share memory (not an expanded view)")
 
 
-def _temperature_args(temperature: float) -> tuple[float, Tensor | None]:
-    """The ops' ``(temperature, temperature_tensor)``: under torch.compile a 0-d CPU tensor carries T (the float
-    argument is then unused), so one graph serves every T."""
-    if torch.compiler.is_compiling():
-        # tensor * float is what AOTAutograd rewrites onto the float's graph input; torch.tensor(T) would pin T
-        return 1.0, torch.ones((), dtype=torch.float64, device="cpu") * temperature
-    return temperature, None
-
-
 def _run(logits, targets, mask, temperature, backend, inplace_backward, *, with_targets: bool):
-    """``(H, logp)``, ``logp`` None without targets."""
+    """``(logp, H)``, ``logp`` None without targets."""
     try:
         if with_targets and targets is None:
             raise TypeError("targets must be a torch.Tensor of token ids; use entropy() for entropy alone")
@@ -266,13 +190,13 @@ def _run(logits, targets, mask, temperature, backend, inplace_backward, *, with_
     except (TypeError, ValueError, RuntimeError) as err:
         if not torch.compiler.is_compiling():
             raise
-        return _failed_call_outputs(err, logits)
+        return failed_call_outputs(err, logits)
     lead = logits.shape[:-1]
-    temperature, temperature_tensor = _temperature_args(temperature)
-    h, logp, _ = _forward(
+    temperature, temperature_tensor = temperature_args(temperature)
+    logp, h, _ = entropy_fwd(
         with_row_layout(logits), targets, mask, temperature, backend, inplace_backward, temperature_tensor
     )
-    return h.view(lead), (logp.view(lead) if targets is not None else None)
+    return (logp.view(lead) if targets is not None else None), h.view(lead)
 
 
 def entropy(logits: Tensor, *, temperature: float = 1.0, mask: Tensor | None = None, backend: str = "auto") -> Tensor:
@@ -299,7 +223,7 @@ def entropy(logits: Tensor, *, temperature: float = 1.0, mask: Tensor | None = N
         ``H``, float32 (float64 for float64 logits), shape ``logits.shape[:-1]``; its gradient comes back in
         the logits' dtype.
     """
-    return _run(logits, None, mask, temperature, backend, False, with_targets=False)[0]
+    return _run(logits, None, mask, temperature, backend, False, with_targets=False)[1]
 
 
 def logprobs_and_entropy(
@@ -333,5 +257,4 @@ def logprobs_and_entropy(
     Returns:
         ``(logp, H)``, both float32 (float64 for float64 logits) with shape ``logits.shape[:-1]``.
     """
-    h, logp = _run(logits, targets, mask, temperature, backend, inplace_backward, with_targets=True)
-    return logp, h
+    return _run(logits, targets, mask, temperature, backend, inplace_backward, with_targets=True)

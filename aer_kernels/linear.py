@@ -2,7 +2,7 @@
 
 ``x = hidden @ weight.T + bias`` exists only a piece at a time, in one workspace allocated per call:
 
-- Forward, token chunks: ``C`` rows of logits (``torch.mm``/``addmm``), then the row kernels of ``entropy.py``
+- Forward, token chunks: ``C`` rows of logits (``torch.mm``/``addmm``), then the backend's row kernels
   write ``H``, ``logp`` and the row statistics ``(m, log_s)`` of those rows into views of the ``[N]`` outputs.
 - Backward, vocabulary slices ``[v0, v1)``: the logits ``g = hidden @ weight[v0:v1].T (+ bias)`` are recomputed,
   the row backward kernel overwrites them with ``dL/dx`` from the global row statistics (targets shifted by
@@ -35,17 +35,17 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from ._backends import backend_module
 from ._layout import RowLayout, row_layout, with_row_layout
-from ._validate import check_row_tensor, check_temperature, resolve_backend, shape_text
-from .entropy import _OP_TAGS, _failed_call_outputs, _impl, _temperature, _temperature_args, undefined_logp_grad
-from .reference import accumulation_dtype
+from ._ops import OP_TAGS, failed_call_outputs, temperature_args, temperature_value, undefined_logp_grad
+from ._validate import accumulation_dtype, check_row_tensor, check_temperature, resolve_backend, shape_text
 from .vocab_parallel import (
-    _check_vocab_start,
-    _world_size,
     agreement_requested,
     check_agreement_of_ranks,
+    check_vocab_start,
     combine_shards,
     empty_shard_statistics,
+    group_world_size,
 )
 
 DEFAULT_WORKSPACE_BYTES = 256 << 20
@@ -65,7 +65,7 @@ class _HiddenRows:
     """
 
     def __init__(self, hidden: Tensor):
-        layout = row_layout(hidden)  # entropy.py's two-stride row decomposition, applied to [..., D]
+        layout = row_layout(hidden)  # the logits' two-stride row decomposition, applied to [..., D]
         self.n, self.inner, width = layout.n_rows, layout.inner_size, hidden.shape[-1]
         self.h3 = layout.as_3d(hidden)
         self.flat = (
@@ -180,7 +180,7 @@ def _forward_rows(hidden, weight, bias, targets, mask, temperature, backend, wor
     n, vocab = rows.n, weight.shape[0]
     chunk = _chunk_rows(workspace_bytes, n, vocab, _logit_bytes(hidden.dtype, backend))
     workspace = torch.empty(min(chunk, n) * vocab, dtype=hidden.dtype, device=hidden.device)
-    kernels = _impl(backend)
+    kernels = backend_module(backend)
     for r0 in range(0, n, chunk):
         r1 = min(n, r0 + chunk)
         x = workspace[: (r1 - r0) * vocab].view(r1 - r0, vocab)
@@ -200,10 +200,10 @@ def _forward_rows(hidden, weight, bias, targets, mask, temperature, backend, wor
 def _forward_outputs(hidden: Tensor, has_targets: bool):
     n = math.prod(hidden.shape[:-1])
     out = dict(device=hidden.device, dtype=accumulation_dtype(hidden.dtype))
-    return torch.empty(n, **out), torch.empty(n if has_targets else 0, **out), torch.empty((n, 2), **out)
+    return torch.empty(n if has_targets else 0, **out), torch.empty(n, **out), torch.empty((n, 2), **out)
 
 
-@torch.library.custom_op("aer_kernels::linear_fwd", mutates_args=(), tags=_OP_TAGS)
+@torch.library.custom_op("aer_kernels::linear_fwd", mutates_args=(), tags=OP_TAGS)
 def _linear_fwd(
     hidden: Tensor,
     weight: Tensor,
@@ -215,13 +215,13 @@ def _linear_fwd(
     workspace_bytes: int,
     temperature_tensor: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """``(H, logp, stats)`` of ``hidden @ weight.T + bias`` per row (flat ``[N]``, ``[N]`` or ``[0]``, ``[N, 2]``);
-    ``temperature_tensor``, when given, carries T instead of ``temperature`` (as in ``entropy.py``)."""
-    h, logp, stats = _forward_outputs(hidden, targets is not None)
-    temperature = _temperature(temperature, temperature_tensor)
+    """``(logp, H, stats)`` of ``hidden @ weight.T + bias`` per row (flat ``[N]`` or ``[0]``, ``[N]``, ``[N, 2]``);
+    ``temperature_tensor``, when given, carries T instead of ``temperature`` (see ``_ops.py``)."""
+    logp, h, stats = _forward_outputs(hidden, targets is not None)
+    temperature = temperature_value(temperature, temperature_tensor)
     with torch.autocast(hidden.device.type, enabled=False):
         _forward_rows(hidden, weight, bias, targets, mask, temperature, backend, workspace_bytes, h, logp, stats)
-    return h, logp, stats
+    return logp, h, stats
 
 
 @_linear_fwd.register_fake
@@ -256,7 +256,7 @@ def _backward_slices(
     cols = _slice_width(workspace_bytes, n, vocab, _logit_bytes(hidden.dtype, backend), extra)
     workspace = torch.empty(n * cols, dtype=hidden.dtype, device=hidden.device)
     scratch = torch.empty((cols, width), dtype=torch.float32, device=hidden.device) if extra else None
-    kernels = _impl(backend)
+    kernels = backend_module(backend)
     grad_h = None if grad_h is None else grad_h.contiguous()  # expanded or strided upstream gradients
     grad_logp = None if grad_logp is None else grad_logp.contiguous()
     for v0 in range(0, vocab, cols):
@@ -293,7 +293,7 @@ def _backward_outputs(
     )
 
 
-@torch.library.custom_op("aer_kernels::linear_bwd", mutates_args=(), tags=_OP_TAGS)
+@torch.library.custom_op("aer_kernels::linear_bwd", mutates_args=(), tags=OP_TAGS)
 def _linear_bwd(
     hidden: Tensor,
     weight: Tensor,
@@ -313,7 +313,7 @@ def _linear_bwd(
     temperature_tensor: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(dh [N, D] fp32, dW, db)`` from the forward's ``stats`` and ``h``; unneeded ones are empty."""
-    temperature = _temperature(temperature, temperature_tensor)
+    temperature = temperature_value(temperature, temperature_tensor)
     work = h.numel() > 0 and (grad_h is not None or grad_logp is not None)
     dh, dw, db = _backward_outputs(hidden, weight, bias, need_hidden, need_weight, need_bias, filled=work)
     wanted = [g if need else None for g, need in ((dh, need_hidden), (dw, need_weight), (db, need_bias))]
@@ -375,14 +375,14 @@ torch.library.register_autograd("aer_kernels::linear_bwd", _no_double_backward)
 
 def _setup_context(ctx, inputs, output):
     hidden, weight, bias, targets, mask, temperature, backend, workspace_bytes, temperature_tensor = inputs
-    h, _, stats = output
+    _, h, stats = output
     ctx.mark_non_differentiable(stats)
     ctx.set_materialize_grads(False)  # an unused output's gradient arrives as None: no work for it
     ctx.save_for_backward(hidden, weight, bias, targets, mask, stats, h, temperature_tensor)
     ctx.settings = (temperature, backend, workspace_bytes)
 
 
-def _autograd_backward(ctx, grad_h, grad_logp, _grad_stats):
+def _autograd_backward(ctx, grad_logp, grad_h, _grad_stats):
     hidden, weight, bias, targets, mask, stats, h, temperature_tensor = ctx.saved_tensors
     needs = ctx.needs_input_grad[:3]
     if targets is None:
@@ -501,8 +501,8 @@ def _prepare(hidden, weight, bias, targets, mask, temperature, workspace_bytes, 
 
 
 def _run(hidden, weight, targets, bias, temperature, mask, workspace_bytes, backend, *, with_targets: bool):
-    """``(H, logp)``, ``logp`` None without targets. Under torch.compile an argument error is raised when the
-    compiled code runs, and the temperature is a graph input (one graph for every T), as in ``entropy.py``."""
+    """``(logp, H)``, ``logp`` None without targets. Under torch.compile an argument error is raised when the
+    compiled code runs, and the temperature is a graph input (one graph for every T): see ``_ops.py``."""
     try:
         if with_targets and targets is None:
             raise TypeError("targets must be a torch.Tensor of token ids; use linear_entropy() for entropy alone")
@@ -512,11 +512,11 @@ def _run(hidden, weight, targets, bias, temperature, mask, workspace_bytes, back
     except (TypeError, ValueError, RuntimeError) as err:
         if not torch.compiler.is_compiling():
             raise
-        return _failed_call_outputs(err, hidden)
+        return failed_call_outputs(err, hidden)
     lead = hidden.shape[:-1]
-    temperature, temperature_tensor = _temperature_args(temperature)
-    h, logp, _ = _linear_fwd(*args, temperature, backend, workspace_bytes, temperature_tensor)
-    return h.view(lead), (logp.view(lead) if targets is not None else None)
+    temperature, temperature_tensor = temperature_args(temperature)
+    logp, h, _ = _linear_fwd(*args, temperature, backend, workspace_bytes, temperature_tensor)
+    return (logp.view(lead) if targets is not None else None), h.view(lead)
 
 
 def linear_logprobs_and_entropy(
@@ -540,19 +540,23 @@ def linear_logprobs_and_entropy(
     gradient flows into it.
 
     Args:
-        hidden: ``[..., D]`` hidden states, float32, float16 or bfloat16.
-        weight: ``[V, D]`` LM-head weight (``lm_head.weight``; tied embeddings work), hidden's dtype and device.
-        targets: integer token ids, shape ``hidden.shape[:-1]``.
+        hidden: ``[..., D]`` hidden states, float32, float16 or bfloat16 (float64 on the reference backend).
+        weight: ``[V, D]`` LM-head weight (``lm_head.weight``; tied embeddings work), hidden's dtype and device
+            (under autocast: the dtype ``F.linear`` would compute in).
+        targets: integer token ids, shape ``hidden.shape[:-1]``; one outside ``[0, V)`` gives ``logp`` NaN.
         bias: optional ``[V]`` bias; ``-inf`` entries mask those tokens out.
-        temperature: the softmax temperature, a finite positive Python float.
-        mask: bool, shape ``hidden.shape[:-1]``; False rows output 0 and get gradient 0.
-        workspace_bytes: the workspace for logits chunks (default 256 MiB); at least one row of ``V`` logits and
-            one column of ``N``. On the reference backend a logit counts ``element size + 8`` bytes.
-        backend: ``"auto"`` (Triton row kernels for CUDA tensors, else the reference), ``"triton"`` or
-            ``"reference"``; the GEMMs are torch's in every case.
+        temperature: ``T``, a Python float in ``[1e-30, 1e30]`` (default 1.0), as for ``entropy``.
+        mask: optional bool tensor of shape ``hidden.shape[:-1]``; False rows output 0 and get gradient 0.
+        workspace_bytes: a Python int, the memory for logits chunks (default None: 256 MiB); it must hold one
+            row of ``V`` logits and one column of ``N``. On the reference backend a logit counts
+            ``element size + 8`` bytes.
+        backend: ``"auto"`` (default): Triton row kernels for CUDA tensors when triton is installed, the PyTorch
+            reference path otherwise; ``"triton"`` or ``"reference"``. The GEMMs are torch's in every case.
+
+    Returns:
+        ``(logp, H)``, both float32 (float64 for float64 inputs) with shape ``hidden.shape[:-1]``.
     """
-    h, logp = _run(hidden, weight, targets, bias, temperature, mask, workspace_bytes, backend, with_targets=True)
-    return logp, h
+    return _run(hidden, weight, targets, bias, temperature, mask, workspace_bytes, backend, with_targets=True)
 
 
 def linear_entropy(
@@ -570,22 +574,28 @@ def linear_entropy(
     Differentiable; same memory and arguments as ``linear_logprobs_and_entropy``.
 
     Args:
-        hidden: ``[..., D]`` hidden states, float32, float16 or bfloat16.
-        weight: ``[V, D]`` LM-head weight, hidden's dtype and device.
-        bias: optional ``[V]`` bias.
-        temperature: the softmax temperature, a finite positive Python float.
-        mask: bool, shape ``hidden.shape[:-1]``; False rows output 0 and get gradient 0.
-        workspace_bytes: the workspace for logits chunks (default 256 MiB).
-        backend: ``"auto"``, ``"triton"`` or ``"reference"``.
+        hidden: ``[..., D]`` hidden states, float32, float16 or bfloat16 (float64 on the reference backend).
+        weight: ``[V, D]`` LM-head weight, hidden's dtype and device (under autocast: the dtype
+            ``F.linear`` would compute in).
+        bias: optional ``[V]`` bias; ``-inf`` entries mask those tokens out.
+        temperature: ``T``, a Python float in ``[1e-30, 1e30]`` (default 1.0), as for ``entropy``.
+        mask: optional bool tensor of shape ``hidden.shape[:-1]``; False rows output 0 and get gradient 0.
+        workspace_bytes: a Python int, the memory for logits chunks (default None: 256 MiB), as for
+            ``linear_logprobs_and_entropy``.
+        backend: ``"auto"`` (default): Triton row kernels for CUDA tensors when triton is installed, the PyTorch
+            reference path otherwise; ``"triton"`` or ``"reference"``. The GEMMs are torch's in every case.
+
+    Returns:
+        ``H``, float32 (float64 for float64 inputs) with shape ``hidden.shape[:-1]``.
     """
-    return _run(hidden, weight, None, bias, temperature, mask, workspace_bytes, backend, with_targets=False)[0]
+    return _run(hidden, weight, None, bias, temperature, mask, workspace_bytes, backend, with_targets=False)[1]
 
 
 # ---- tensor parallel: the vocabulary sharded over a process group -----------------------------------------------
 
 
 class _VocabParallelLinear(torch.autograd.Function):
-    """Flat ``(H, logp)`` of the global softmax; backward: this shard's exact ``dW``, ``db`` and ``dh``, the latter
+    """Flat ``(logp, H)`` of the global softmax; backward: this shard's exact ``dW``, ``db`` and ``dh``, the latter
     summed over the group when ``reduce_hidden_grad``."""
 
     @staticmethod
@@ -605,22 +615,22 @@ class _VocabParallelLinear(torch.autograd.Function):
     ):
         vocab = weight.shape[0]
         if vocab:
-            h_r, logp_r, stats_r = torch.ops.aer_kernels.linear_fwd(
+            logp_r, h_r, stats_r = torch.ops.aer_kernels.linear_fwd(
                 hidden, weight, bias, local_targets, mask, temperature, backend, workspace_bytes
             )
         else:
             stats_r, h_r, logp_r = empty_shard_statistics(local_targets.numel(), hidden.dtype, hidden.device)
-        h, logp, stats = combine_shards(
+        logp, h, stats = combine_shards(
             stats_r, h_r, logp_r, local_targets, vocab, mask, temperature, backend, group, world_size
         )
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(hidden, weight, bias, local_targets, mask, stats, h, logp)
         ctx.settings = (temperature, backend, workspace_bytes)
         ctx.group, ctx.world_size, ctx.reduce_hidden_grad = group, world_size, reduce_hidden_grad
-        return h, logp
+        return logp, h
 
     @staticmethod
-    def backward(ctx, grad_h, grad_logp):
+    def backward(ctx, grad_logp, grad_h):
         hidden, weight, bias, local_targets, mask, stats, h, logp = ctx.saved_tensors
         needs = ctx.needs_input_grad[:3]
         if grad_h is None and grad_logp is None:
@@ -669,26 +679,33 @@ def vocab_parallel_linear_logprobs_and_entropy(
     the classic bug of this op. Shards may be unequal or empty.
 
     Args:
-        hidden: ``[..., D]`` hidden states, the same on every rank.
+        hidden: ``[..., D]`` hidden states, float32, float16 or bfloat16, the same on every rank.
         weight_shard: ``[V_r, D]`` this rank's rows of the LM-head weight (``V_r = 0`` is legal in a group).
-        targets: integer global token ids, shape ``hidden.shape[:-1]``.
-        vocab_start: the global id of ``weight_shard``'s first row.
-        group: the process group holding the shards (None: the world; a single process when
+        targets: integer global token ids, shape ``hidden.shape[:-1]``, the same on every rank.
+        vocab_start: the global id of ``weight_shard``'s first row, a Python int >= 0.
+        group: the process group holding the shards (default None: the world; a single process when
             ``torch.distributed`` is not initialised).
-        reduce_hidden_grad: sum the hidden states' gradient over ``group`` (see above).
+        reduce_hidden_grad: default True: sum the hidden states' gradient over ``group`` (see above).
         bias: optional ``[V_r]`` shard of the bias.
-        temperature: the softmax temperature, a finite positive Python float.
-        mask: bool, shape ``hidden.shape[:-1]``; False rows output 0 and get gradient 0.
-        workspace_bytes: this rank's workspace (default 256 MiB).
-        backend: ``"auto"``, ``"triton"`` or ``"reference"``.
+        temperature: ``T``, a Python float in ``[1e-30, 1e30]`` (default 1.0), as for ``entropy``.
+        mask: optional bool tensor of shape ``hidden.shape[:-1]``; False rows output 0 and get gradient 0.
+        workspace_bytes: this rank's memory for logits chunks (default None: 256 MiB), as for
+            ``linear_logprobs_and_entropy``.
+        backend: ``"auto"`` (default): Triton row kernels for CUDA tensors when triton is installed, the PyTorch
+            reference path otherwise; ``"triton"`` or ``"reference"``. GEMMs and collectives are torch's.
         check_agreement: True: one all-gather of a few numbers first, raising the same ValueError on every rank
             when ranks disagree (rows, dtype, hidden size, temperature, mask, ``reduce_hidden_grad``) or the shards
-            do not tile ``[0, V)``. None: True when ``AER_KERNELS_CHECK_AGREEMENT=1``. Not under torch.compile.
+            do not tile ``[0, V)``. None (default): True when ``AER_KERNELS_CHECK_AGREEMENT=1``. Not under
+            ``torch.compile``.
+
+    Returns:
+        ``(logp, H)``, both float32 (float64 for float64 inputs) with shape ``hidden.shape[:-1]``, the same on
+        every rank.
     """
     if targets is None:
         raise TypeError("targets must be a torch.Tensor of global token ids")
-    world_size = _world_size(group)
-    _check_vocab_start(vocab_start)
+    world_size = group_world_size(group)
+    check_vocab_start(vocab_start)
     if not isinstance(reduce_hidden_grad, bool):
         raise TypeError(f"reduce_hidden_grad must be True or False, got {type(reduce_hidden_grad).__name__}")
     hidden, weight, bias, local_targets, flat_mask, temperature, backend, workspace_bytes = _prepare(
@@ -707,7 +724,7 @@ def vocab_parallel_linear_logprobs_and_entropy(
         }
         check_agreement_of_ranks(group, world_size, hidden.device, fields, (vocab_start, vocab_start + weight.shape[0]))
     local_targets = local_targets.to(torch.int64) - vocab_start
-    h, logp = _VocabParallelLinear.apply(
+    logp, h = _VocabParallelLinear.apply(
         hidden,
         weight,
         bias,

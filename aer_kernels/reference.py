@@ -1,10 +1,11 @@
-"""The pure-PyTorch implementation: the CPU path, with the Triton kernels' arguments and numerics.
+"""The PyTorch backend (``backend="reference"``, and ``"auto"`` off CUDA): the Triton backend's functions in plain
+PyTorch, with the same arguments and numerics.
 
-Same functions, arguments and numerics as the Triton kernels (fp32 accumulation; float64 logits
-are accumulated in float64, which lets ``torch.autograd.gradcheck`` verify the formulas). Rows are
-processed in chunks of at most ``max(V, CHUNK_ELEMENTS)`` elements, so the extra memory of a call
-is bounded by about two fp32 buffers of that size (32 MiB at V = 151 936), plus the outputs,
-whatever the number of rows.
+``forward`` and ``backward`` are the per-row entropy / log-prob passes, ``partials`` and ``combine`` the per-row
+steps of the vocab-parallel combine (see ``vocab_parallel.py``). Accumulation is fp32; float64 logits are
+accumulated in float64, which lets ``torch.autograd.gradcheck`` verify the formulas. Rows are processed in chunks
+of at most ``max(V, CHUNK_ELEMENTS)`` elements, so the extra memory of a call is bounded by about two fp32 buffers
+of that size (32 MiB at V = 151 936), plus the outputs, whatever the number of rows.
 """
 
 from __future__ import annotations
@@ -12,26 +13,12 @@ from __future__ import annotations
 import torch
 
 from ._layout import RowLayout
+from ._validate import accumulation_dtype
 
 CHUNK_ELEMENTS = 1 << 22
 # Beyond this many nats below the max, exp underflows to 0 even in float64 (the Triton kernel uses the same).
 _FLOOR = -1.0e4
-
-
-def entropy(logits, *, temperature=1.0, mask=None):
-    """``H = logsumexp(x / T) - (softmax(x / T) * x / T).sum(-1)`` computed in row chunks."""
-    from .entropy import entropy as _entropy
-
-    return _entropy(logits, temperature=temperature, mask=mask, backend="reference")
-
-
-def logprobs_and_entropy(logits, targets, *, temperature=1.0, mask=None, inplace_backward=False):
-    """``(log_softmax(x / T).gather(-1, y), H)`` computed in row chunks."""
-    from .entropy import logprobs_and_entropy as _logprobs_and_entropy
-
-    return _logprobs_and_entropy(
-        logits, targets, temperature=temperature, mask=mask, backend="reference", inplace_backward=inplace_backward
-    )
+_NEG_INF = float("-inf")
 
 
 def _chunks(layout: RowLayout):
@@ -51,11 +38,6 @@ def _chunks(layout: RowLayout):
         for o in range(0, outer, per):
             p = min(o + per, outer)
             yield slice(o, p), slice(0, inner), o * inner, (p - o) * inner
-
-
-def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    """fp32 for every logits dtype but float64, which keeps float64 (the dtype of the per-row outputs too)."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def forward(logits, layout: RowLayout, targets, mask, temperature, h, logp, stats) -> None:
@@ -115,3 +97,38 @@ def backward(
         if mask is not None:
             g.masked_fill_(~mask[rows, None], 0.0)
         g3[so, si].copy_(g.view(g3[so, si].shape))  # converts to the gradient dtype while copying
+
+
+# ---- the vocab-parallel combine ----------------------------------------------------------------------------------
+
+
+def _masked(values, mask):
+    return values if mask is None else torch.where(mask, values, 0.0)
+
+
+def partials(stats, h, logp, targets, row_max, vocab: int, temperature: float, sums) -> None:
+    """Fill ``sums`` ([2, N], or [4, N] with ``targets``) from one shard's per-row statistics."""
+    m, log_s = stats.unbind(-1)
+    e_rel = log_s - h
+    empty = log_s == _NEG_INF
+    shift = (m - torch.where(row_max == _NEG_INF, 0.0, row_max)) / temperature
+    rel = shift + log_s
+    a = torch.where(empty, 0.0, torch.exp(rel))
+    sums[0] = a
+    sums[1] = torch.where(empty, 0.0, a * (shift + e_rel))
+    if targets is not None:
+        owned = (targets >= 0) & (targets < vocab)
+        z_rel = torch.where(empty, _NEG_INF, logp + rel)  # (x_y - M) / T; an all -inf shard row has x_y = -inf
+        sums[2] = torch.where(owned, z_rel, 0.0)
+        sums[3] = owned
+
+
+def combine(row_max, sums, mask, h, logp, stats) -> None:
+    """Fill ``h``, ``stats`` (and ``logp`` when ``sums`` has 4 rows) from the summed partials."""
+    log_s = torch.log(sums[0])
+    e_rel = sums[1] / sums[0]
+    h.copy_(_masked(log_s - e_rel, mask))
+    m = torch.where(row_max == _NEG_INF, 0.0, row_max)
+    stats.copy_(_masked(torch.stack((m, log_s), -1), None if mask is None else mask[:, None]))
+    if sums.shape[0] == 4:
+        logp.copy_(_masked(torch.where(sums[3] == 1, sums[2] - log_s, float("nan")), mask))

@@ -36,52 +36,15 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from ._backends import backend_module
 from ._layout import with_row_layout
-from ._validate import check_logits, check_row_tensor, check_temperature, resolve_backend
-from .entropy import undefined_logp_grad  # importing entropy registers aer_kernels::forward and ::backward
-from .reference import accumulation_dtype
+from ._ops import undefined_logp_grad
+from ._validate import accumulation_dtype, check_logits, check_row_tensor, check_temperature, resolve_backend
+from .entropy import entropy_bwd, entropy_fwd
 
 _NEG_INF = float("-inf")
 AGREEMENT_ENV = "AER_KERNELS_CHECK_AGREEMENT"
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
-
-
-def _masked(values: Tensor, mask: Tensor | None) -> Tensor:
-    return values if mask is None else torch.where(mask, values, 0.0)
-
-
-def _partials_reference(stats, h, logp, targets, row_max, vocab, temperature, sums) -> None:
-    m, log_s = stats.unbind(-1)
-    e_rel = log_s - h
-    empty = log_s == _NEG_INF
-    shift = (m - torch.where(row_max == _NEG_INF, 0.0, row_max)) / temperature
-    rel = shift + log_s
-    a = torch.where(empty, 0.0, torch.exp(rel))
-    sums[0] = a
-    sums[1] = torch.where(empty, 0.0, a * (shift + e_rel))
-    if targets is not None:
-        owned = (targets >= 0) & (targets < vocab)
-        z_rel = torch.where(empty, _NEG_INF, logp + rel)  # (x_y - M) / T; an all -inf shard row has x_y = -inf
-        sums[2] = torch.where(owned, z_rel, 0.0)
-        sums[3] = owned
-
-
-def _combine_reference(row_max, sums, mask, h, logp, stats) -> None:
-    log_s = torch.log(sums[0])
-    e_rel = sums[1] / sums[0]
-    h.copy_(_masked(log_s - e_rel, mask))
-    m = torch.where(row_max == _NEG_INF, 0.0, row_max)
-    stats.copy_(_masked(torch.stack((m, log_s), -1), None if mask is None else mask[:, None]))
-    if sums.shape[0] == 4:
-        logp.copy_(_masked(torch.where(sums[3] == 1, sums[2] - log_s, float("nan")), mask))
-
-
-def _kernels(backend: str):
-    if backend == "triton":
-        from . import _triton_vocab_parallel
-
-        return _triton_vocab_parallel.partials, _triton_vocab_parallel.combine
-    return _partials_reference, _combine_reference
 
 
 @torch.library.custom_op("aer_kernels::vocab_parallel_partials", mutates_args=())
@@ -97,7 +60,7 @@ def _partials(
 ) -> Tensor:
     """``[S, W]`` (entropy) or ``[S, W, Z, C]`` rows of one shard, to be summed over ranks."""
     sums = stats.new_empty((2 if targets is None else 4, stats.shape[0]))
-    _kernels(backend)[0](stats, h, logp, targets, row_max, vocab, temperature, sums)
+    backend_module(backend).partials(stats, h, logp, targets, row_max, vocab, temperature, sums)
     return sums
 
 
@@ -108,18 +71,20 @@ def _(stats, h, logp, targets, row_max, vocab, temperature, backend):
 
 @torch.library.custom_op("aer_kernels::vocab_parallel_combine", mutates_args=())
 def _combine(row_max: Tensor, sums: Tensor, mask: Tensor | None, backend: str) -> tuple[Tensor, Tensor, Tensor]:
-    """``(H, logp, stats)`` per row from the global max and the summed partials; masked rows get 0."""
+    """``(logp, H, stats)`` per row from the global max and the summed partials; masked rows get 0."""
+    logp, h, stats = _combine_outputs(row_max, sums)
+    backend_module(backend).combine(row_max, sums, mask, h, logp, stats)
+    return logp, h, stats
+
+
+def _combine_outputs(row_max: Tensor, sums: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     n = row_max.numel()
-    h, stats = torch.empty_like(row_max), row_max.new_empty((n, 2))
-    logp = row_max.new_empty(n if sums.shape[0] == 4 else 0)
-    _kernels(backend)[1](row_max, sums, mask, h, logp, stats)
-    return h, logp, stats
+    return row_max.new_empty(n if sums.shape[0] == 4 else 0), row_max.new_empty(n), row_max.new_empty((n, 2))
 
 
 @_combine.register_fake
 def _(row_max, sums, mask, backend):
-    n = row_max.numel()
-    return row_max.new_empty(n), row_max.new_empty(n if sums.shape[0] == 4 else 0), row_max.new_empty((n, 2))
+    return _combine_outputs(row_max, sums)
 
 
 def empty_shard_statistics(n: int, dtype: torch.dtype, device) -> tuple[Tensor, Tensor, Tensor]:
@@ -140,7 +105,7 @@ def combine_shards(
     group,
     world_size: int,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Global ``(H, logp, stats)`` per row from this shard's ``(stats_r, H_r, logp_r)`` (``[N, 2]``, ``[N]``,
+    """Global ``(logp, H, stats)`` per row from this shard's ``(stats_r, H_r, logp_r)`` (``[N, 2]``, ``[N]``,
     ``[N]``; however they were computed): the all-reduce MAX, the partials, the all-reduce SUM, the combine."""
     row_max = torch.where(stats_r[:, 1] == _NEG_INF, _NEG_INF, stats_r[:, 0])  # a shard of only -inf: no max
     if world_size > 1:
@@ -154,28 +119,28 @@ def combine_shards(
 
 
 def _global_forward(logits, local_targets, mask, temperature, backend, group, world_size):
-    """Global ``(H, logp, stats)`` per row: one kernel pass on the shard, then the combine."""
+    """Global ``(logp, H, stats)`` per row: one kernel pass on the shard, then the combine."""
     n, vocab = math.prod(logits.shape[:-1]), logits.shape[-1]
     if vocab:
-        h_r, logp_r, stats_r = torch.ops.aer_kernels.forward(logits, local_targets, mask, temperature, backend, False)
+        logp_r, h_r, stats_r = entropy_fwd(logits, local_targets, mask, temperature, backend, False)
     else:
         stats_r, h_r, logp_r = empty_shard_statistics(n, logits.dtype, logits.device)
     return combine_shards(stats_r, h_r, logp_r, local_targets, vocab, mask, temperature, backend, group, world_size)
 
 
 class _VocabParallel(torch.autograd.Function):
-    """Flat ``(H, logp)`` of the shard's rows; the gradient is the shard's own, computed without communication."""
+    """Flat ``(logp, H)`` of the shard's rows; the gradient is the shard's own, computed without communication."""
 
     @staticmethod
     def forward(ctx, logits, local_targets, mask, temperature, backend, group, world_size):
-        h, logp, stats = _global_forward(logits, local_targets, mask, temperature, backend, group, world_size)
+        logp, h, stats = _global_forward(logits, local_targets, mask, temperature, backend, group, world_size)
         ctx.set_materialize_grads(False)  # an unused output's gradient arrives as None: no work for it
         ctx.save_for_backward(logits, local_targets, mask, stats, h, logp)
         ctx.temperature, ctx.backend = temperature, backend
-        return h, logp
+        return logp, h
 
     @staticmethod
-    def backward(ctx, grad_h, grad_logp):
+    def backward(ctx, grad_logp, grad_h):
         logits, local_targets, mask, stats, h, logp = ctx.saved_tensors
         if grad_h is None and grad_logp is None:
             return (None,) * 7
@@ -185,7 +150,7 @@ class _VocabParallel(torch.autograd.Function):
             # logp is NaN where no single shard holds the target (outside the global vocabulary): so is its
             # gradient, as on one GPU. A row NaN for any other reason has no distribution: its gradient is NaN anyway.
             grad_logp = undefined_logp_grad(grad_logp, ~torch.isnan(logp))
-        grad = torch.ops.aer_kernels.backward(
+        grad = entropy_bwd(
             logits,
             local_targets if grad_logp is not None else None,
             mask,
@@ -199,7 +164,7 @@ class _VocabParallel(torch.autograd.Function):
         return (grad,) + (None,) * 6
 
 
-def _world_size(group) -> int:
+def group_world_size(group) -> int:
     if not (dist.is_available() and dist.is_initialized()):
         if group is not None:
             raise ValueError("group: torch.distributed is not initialised; leave group=None for a single process")
@@ -267,7 +232,7 @@ def _check_tiling(shards: list[tuple[int, int]]) -> None:
         covered = stop
 
 
-def _check_vocab_start(vocab_start) -> None:
+def check_vocab_start(vocab_start) -> None:
     if isinstance(vocab_start, bool) or not isinstance(vocab_start, int):
         raise TypeError(
             f"vocab_start must be a Python int (the shard's first global token id), got {type(vocab_start).__name__}"
@@ -286,10 +251,10 @@ def _check_shard(local_logits, world_size: int) -> None:
 
 
 def _run(local_logits, targets, vocab_start, group, temperature, mask, backend, check_agreement):
-    world_size = _world_size(group)
+    world_size = group_world_size(group)
     _check_shard(local_logits, world_size)
     if targets is not None:
-        _check_vocab_start(vocab_start)
+        check_vocab_start(vocab_start)
         check_row_tensor("targets", targets, local_logits, kind="int")
     if mask is not None:
         check_row_tensor("mask", mask, local_logits, kind="bool")
@@ -309,10 +274,10 @@ def _run(local_logits, targets, vocab_start, group, temperature, mask, backend, 
 
     local_targets = None if targets is None else (targets.to(torch.int64) - vocab_start).reshape(-1).contiguous()
     flat_mask = None if mask is None else mask.reshape(-1).contiguous()
-    h, logp = _VocabParallel.apply(
+    logp, h = _VocabParallel.apply(
         with_row_layout(local_logits), local_targets, flat_mask, temperature, backend, group, world_size
     )
-    return h.view(lead), (logp.view(lead) if targets is not None else None)
+    return (logp.view(lead) if targets is not None else None), h.view(lead)
 
 
 def vocab_parallel_logprobs_and_entropy(
@@ -338,25 +303,32 @@ def vocab_parallel_logprobs_and_entropy(
     (gloo aborts the processes). ``check_agreement=True`` checks it first.
 
     Args:
-        local_logits: ``[..., V_local]`` logits of global ids ``[vocab_start, vocab_start + V_local)``; an empty
-            shard (``V_local = 0``) is legal when other ranks hold the vocabulary.
-        targets: integer global token ids, shape ``local_logits.shape[:-1]``.
-        vocab_start: the shard's first global token id.
-        group: the process group holding the shards (None: the world).
-        temperature: the softmax temperature, a finite positive Python float.
-        mask: bool, shape ``local_logits.shape[:-1]``; False rows output 0 and get gradient 0.
-        backend: ``"auto"``, ``"triton"`` or ``"reference"``, as in ``logprobs_and_entropy``.
+        local_logits: ``[..., V_local]`` float32, float16 or bfloat16 (float64 on the reference path) logits of
+            the global ids ``[vocab_start, vocab_start + V_local)``; an empty shard (``V_local = 0``) is legal when
+            other ranks hold the vocabulary.
+        targets: integer global token ids, shape ``local_logits.shape[:-1]``, the same on every rank.
+        vocab_start: the shard's first global token id, a Python int >= 0.
+        group: the process group holding the shards (default None: the world; a single process when
+            ``torch.distributed`` is not initialised).
+        temperature: ``T``, a Python float in ``[1e-30, 1e30]`` (default 1.0), as for ``entropy``.
+        mask: optional bool tensor of shape ``local_logits.shape[:-1]``; False rows output 0 and get gradient 0.
+        backend: ``"auto"`` (default): Triton for CUDA logits of a kernel dtype when triton is installed, the
+            PyTorch reference path otherwise; ``"triton"`` or ``"reference"``. It picks the row kernels; the
+            collectives are ``torch.distributed``'s.
         check_agreement: True: one all-gather of a few numbers per rank first, raising the same ValueError on
             every rank when the row counts, dtypes, temperatures, or the presence of a mask differ, or the shards
             do not tile ``[0, V)``. None (default): True when ``AER_KERNELS_CHECK_AGREEMENT=1`` is set.
             Not under ``torch.compile``.
+
+    Returns:
+        ``(logp, H)``, both float32 (float64 for float64 logits) with shape ``local_logits.shape[:-1]``, the
+        same on every rank.
     """
     if targets is None:
         raise TypeError(
             "targets must be a torch.Tensor of global token ids; use vocab_parallel_entropy() for entropy alone"
         )
-    h, logp = _run(local_logits, targets, vocab_start, group, temperature, mask, backend, check_agreement)
-    return logp, h
+    return _run(local_logits, targets, vocab_start, group, temperature, mask, backend, check_agreement)
 
 
 def vocab_parallel_entropy(
@@ -371,7 +343,22 @@ def vocab_parallel_entropy(
     """Entropy (nats, fp32) of the full-vocabulary softmax, from this rank's shard ``[..., V_local]``.
 
     Equals ``entropy(torch.cat(shards, -1), ...)`` on every rank of ``group``; differentiable (each rank gets
-    the gradient of its own shard). Same requirements and arguments as ``vocab_parallel_logprobs_and_entropy``
-    (``check_agreement`` cannot check the shards' tiling here: they carry no ``vocab_start``).
+    the gradient of its own shard). Same requirements as ``vocab_parallel_logprobs_and_entropy``.
+
+    Args:
+        local_logits: ``[..., V_local]`` float32, float16 or bfloat16 (float64 on the reference path) logits of
+            this rank's vocabulary shard (shards in any order); an empty shard (``V_local = 0``) is legal when
+            other ranks hold the vocabulary.
+        group: the process group holding the shards (default None: the world; a single process when
+            ``torch.distributed`` is not initialised).
+        temperature: ``T``, a Python float in ``[1e-30, 1e30]`` (default 1.0), as for ``entropy``.
+        mask: optional bool tensor of shape ``local_logits.shape[:-1]``; False rows output 0 and get gradient 0.
+        backend: ``"auto"`` (default): Triton for CUDA logits of a kernel dtype when triton is installed, the
+            PyTorch reference path otherwise; ``"triton"`` or ``"reference"``.
+        check_agreement: as for ``vocab_parallel_logprobs_and_entropy``, except that the shards' tiling is not
+            checked (without ``vocab_start`` they carry no position).
+
+    Returns:
+        ``H``, float32 (float64 for float64 logits) with shape ``local_logits.shape[:-1]``, the same on every rank.
     """
-    return _run(local_logits, None, 0, group, temperature, mask, backend, check_agreement)[0]
+    return _run(local_logits, None, 0, group, temperature, mask, backend, check_agreement)[1]

@@ -205,7 +205,7 @@ def representative_launches(num_sms: int, shapes=SHAPES, dtypes=DTYPES) -> list[
     """
     from itertools import product
 
-    from aer_kernels import _triton, _triton_vocab_parallel
+    from aer_kernels import _triton
     from aer_kernels._layout import row_layout
 
     case = [""]
@@ -261,10 +261,8 @@ def representative_launches(num_sms: int, shapes=SHAPES, dtypes=DTYPES) -> list[
         for has_targets, has_mask in product((False, True), (False, True)):
             case[0] = f"vocab-parallel {n} rows targets={has_targets} mask={has_mask}"
             sums = torch.empty(4 if has_targets else 2, n)
-            _triton_vocab_parallel.partials(stats, rows, rows, targets if has_targets else None, rows, 75968, 1.0, sums)
-            _triton_vocab_parallel.combine(
-                rows, sums, mask if has_mask else None, rows, rows if has_targets else None, stats
-            )
+            _triton.partials(stats, rows, rows, targets if has_targets else None, rows, 75968, 1.0, sums)
+            _triton.combine(rows, sums, mask if has_mask else None, rows, rows if has_targets else None, stats)
     return _distinct(launches)
 
 

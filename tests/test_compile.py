@@ -88,12 +88,12 @@ def test_opcheck(backend, device):
     x, y, mask = inputs(device)
     x = x.requires_grad_(True)
     t = torch.tensor(0.8, dtype=torch.float64)  # the temperature as torch.compile passes it
-    forward, backward = torch.ops.aer_kernels.forward.default, torch.ops.aer_kernels.backward.default
+    forward, backward = torch.ops.aer_kernels.entropy_fwd.default, torch.ops.aer_kernels.entropy_bwd.default
     torch.library.opcheck(forward, (x, y, mask, 0.8, backend, False))
     torch.library.opcheck(forward, (x, None, None, 1.0, backend, False))
     torch.library.opcheck(forward, (x, y, mask, 1.0, backend, False, t))
-    h, _logp, stats = torch.ops.aer_kernels.forward(x.detach(), y, mask, 0.8, backend, False)
+    _logp, h, stats = torch.ops.aer_kernels.entropy_fwd(x.detach(), y, mask, 0.8, backend, False)
     g = torch.randn_like(h)
     torch.library.opcheck(backward, (x.detach(), y, mask, stats, h, g, g, 0.8, backend))
     torch.library.opcheck(backward, (x.detach(), y, mask, stats, h, g, g, 1.0, backend, t))
-    assert torch.equal(torch.ops.aer_kernels.forward(x.detach(), y, mask, 1.0, backend, False, t)[0], h)
+    assert torch.equal(torch.ops.aer_kernels.entropy_fwd(x.detach(), y, mask, 1.0, backend, False, t)[1], h)

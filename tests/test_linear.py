@@ -525,8 +525,8 @@ def test_opcheck():
     args = (*leaves, targets, mask, 0.8, "reference", 3 * 13 * 12)
     torch.library.opcheck(forward, args)
     torch.library.opcheck(forward, (*args[:5], 1.0, "reference", 3 * 13 * 12, t))
-    h, _, stats = torch.ops.aer_kernels.linear_fwd(*args)
-    assert torch.equal(torch.ops.aer_kernels.linear_fwd(*args[:5], 1.0, "reference", 3 * 13 * 12, t)[0], h)
+    _, h, stats = torch.ops.aer_kernels.linear_fwd(*args)
+    assert torch.equal(torch.ops.aer_kernels.linear_fwd(*args[:5], 1.0, "reference", 3 * 13 * 12, t)[1], h)
     back = (
         hidden,
         weight,
