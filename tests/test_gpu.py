@@ -1,25 +1,32 @@
 """The Triton kernels on a CUDA GPU, at real sizes, against float64.
 
-Accuracy follows the tolerance rule of numerics.py: on random logits with a realistic spread, the kernels'
-error may be no worse than that of the same PyTorch formula run in the logits' dtype, plus a slack (fp32 1e-5,
-fp16 1e-3, bf16 1e-2); gradient errors are taken relative to the largest true gradient. Memory: forward at
-most 16 bytes a row, backward the gradient buffer only, in-place backward nothing.
+Accuracy follows the tolerance rule of aer_kernels.testing: on random logits with a realistic spread, the
+kernels' error may be no worse than that of the same PyTorch formula run in the logits' dtype, plus a slack
+(fp32 1e-5, fp16 1e-3, bf16 1e-2); gradient errors are taken relative to the largest true gradient. Memory:
+forward at most 16 bytes a row, backward the gradient buffer only, in-place backward nothing.
 """
 
 import pytest
 import torch
 
 import aer_kernels as ak
+from aer_kernels.testing import (
+    assert_close_to_truth,
+    formula,
+    random_row_grads,
+    random_targets,
+    realistic_logits,
+    truth,
+)
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
-SLACK = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 1e-2}
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 OPS = ["entropy", "logprobs_and_entropy"]
+NAMES = {"entropy": ("H",), "logprobs_and_entropy": ("logp", "H")}
 # On an H100/H200: many programs per row, two, and one (see _config.launch_config); then rows that do not
 # start on a 16-byte boundary (GPT-2's vocabulary), read by the peeled-edge path.
 SHAPES = [(8, 151936), (1024, 128256), (4096, 32000), (2048, 50257)]
-TRUTH_ROWS = 128  # float64 rows per chunk: [128, 151936] float64 is 156 MB
 ALLOC_SLACK = 4096  # the caching allocator rounds each block up to 512 bytes
 
 
@@ -28,36 +35,15 @@ def _ids(value):
 
 
 def _logits(n, v, dtype, seed=0):
-    """Rows with std in [2, 8]; every 8th row peaked (one logit 30 above the rest), every 8th+1 flat."""
-    gen = torch.Generator("cuda").manual_seed(seed)
-    std = torch.empty(n, 1, device="cuda").uniform_(2.0, 8.0, generator=gen)
-    std[1::8] = 0.05
-    x = torch.empty(n, v, device="cuda", dtype=dtype)
-    step = max(1, (1 << 26) // v)
-    for i in range(0, n, step):
-        chunk = torch.randn(min(step, n - i), v, device="cuda", generator=gen) * std[i : i + step]
-        rows = torch.arange(i, i + len(chunk), device="cuda")
-        peaked = rows % 8 == 0
-        chunk[peaked, (rows * 7919 % v)[peaked]] = chunk.amax(-1)[peaked] + 30.0
-        x[i : i + len(chunk)] = chunk
-    return x
+    return realistic_logits((n, v), dtype, torch.Generator().manual_seed(seed), device="cuda")
 
 
 def _targets(n, v, seed=1):
-    return torch.randint(0, v, (n,), device="cuda", generator=torch.Generator("cuda").manual_seed(seed))
+    return random_targets((n,), v, torch.Generator().manual_seed(seed), device="cuda")
 
 
 def _row_grads(op, n, seed=2):
-    gen = torch.Generator("cuda").manual_seed(seed)
-    return tuple(torch.randn(n, device="cuda", generator=gen) for _ in range(1 if op == "entropy" else 2))
-
-
-def _formula(op, z, y):
-    """The PyTorch math, in ``z``'s dtype: ``H`` and, for the log-prob op, ``logp`` first."""
-    h = torch.logsumexp(z, -1) - (torch.softmax(z, -1) * z).sum(-1)
-    if op == "entropy":
-        return (h,)
-    return torch.log_softmax(z, -1).gather(-1, y[:, None]).squeeze(-1), h
+    return random_row_grads((n,), len(NAMES[op]), torch.Generator().manual_seed(seed), device="cuda")
 
 
 def _kernel(op, x, y, **kwargs):
@@ -66,34 +52,14 @@ def _kernel(op, x, y, **kwargs):
     return ak.logprobs_and_entropy(x, y, **kwargs)
 
 
-def _truth_outputs(op, x, y, temperature=1.0):
-    parts = [
-        _formula(op, x[i : i + TRUTH_ROWS].double() / temperature, y[i : i + TRUTH_ROWS])
-        for i in range(0, len(x), TRUTH_ROWS)
-    ]
-    return tuple(torch.cat(p) for p in zip(*parts))
-
-
-def _truth_grad(op, x, y, grads, temperature=1.0):
-    out = torch.empty(x.shape, device="cuda", dtype=torch.float64)
-    for i in range(0, len(x), TRUTH_ROWS):
-        z = x[i : i + TRUTH_ROWS].double().requires_grad_(True)
-        outs = _formula(op, z / temperature, y[i : i + TRUTH_ROWS])
-        (out[i : i + TRUTH_ROWS],) = torch.autograd.grad(outs, z, tuple(g[i : i + TRUTH_ROWS].double() for g in grads))
-    return out
-
-
-def _dtype_grad(op, x, y, grads, temperature=1.0):
-    z = x.detach().requires_grad_(True)
-    (g,) = torch.autograd.grad(_formula(op, z / temperature, y), z, grads)
-    return g
-
-
-def _assert_no_worse(got, truth, pytorch, dtype, what, relative=False):
-    scale = truth.abs().max().item() if relative else 1.0
-    err = (got.double() - truth).abs().max().item() / scale
-    bound = (pytorch.double() - truth).abs().max().item() / scale + SLACK[dtype]
-    assert err <= bound, f"{what}: error {err:.3g} > PyTorch's own {dtype} error + slack = {bound:.3g}"
+def _pytorch(fn, op, x, y, grads=None, temperature=1.0):
+    """The op's outputs and, given their upstream ``grads``, the logits' gradient, by ``truth`` or ``formula``."""
+    if op == "entropy":
+        targets, grad_logp, grad_h = None, None, (grads or (None,))[0]
+    else:
+        targets, (grad_logp, grad_h) = y, (grads or (None, None))
+    logp, h, dx = fn(x, targets, temperature, None, grad_h, grad_logp)
+    return ((h,) if op == "entropy" else (logp, h)), dx
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=_ids)
@@ -103,11 +69,10 @@ def test_forward_against_float64(dtype, op, shape):
     n, v = shape
     x, y = _logits(n, v, dtype), _targets(n, v)
     got = _kernel(op, x, y)
-    truth = _truth_outputs(op, x, y)
-    pytorch = _formula(op, x, y)
-    for name, g, t, p in zip(("logp", "H") if op != "entropy" else ("H",), got, truth, pytorch):
+    (exact, _), (pytorch, _) = _pytorch(truth, op, x, y), _pytorch(formula, op, x, y)
+    for name, g, t, p in zip(NAMES[op], got, exact, pytorch):
         assert g.dtype == torch.float32 and g.shape == (n,)
-        _assert_no_worse(g, t, p, dtype, f"{op} {name} {dtype} {n}x{v}")
+        assert_close_to_truth(g, t, p, dtype, f"{op} {name} {dtype} {n}x{v}")
 
 
 @pytest.mark.parametrize("shape", SHAPES[:2] + SHAPES[3:], ids=_ids)
@@ -120,9 +85,9 @@ def test_backward_against_float64(dtype, op, shape):
     xg = x.detach().requires_grad_(True)
     (got,) = torch.autograd.grad(_kernel(op, xg, y, temperature=temperature), xg, grads)
     assert got.dtype == dtype
-    truth = _truth_grad(op, x, y, grads, temperature)
-    pytorch = _dtype_grad(op, x, y, grads, temperature)
-    _assert_no_worse(got, truth, pytorch, dtype, f"{op} gradient {dtype} {n}x{v}", relative=True)
+    _, exact = _pytorch(truth, op, x, y, grads, temperature)
+    _, pytorch = _pytorch(formula, op, x, y, grads, temperature)
+    assert_close_to_truth(got, exact, pytorch, dtype, f"{op} gradient {dtype} {n}x{v}", relative=True)
 
 
 @pytest.mark.parametrize("op", OPS)
@@ -136,16 +101,11 @@ def test_int64_offsets_past_2_31_elements(op):
     assert all(torch.isfinite(o).all() for o in outs)
     rows = torch.cat([torch.arange(4, device="cuda"), torch.arange(n - 60, n, device="cuda")])
     xr, yr, gr = x[rows], y[rows], tuple(g[rows] for g in grads)
-    for o, t, p in zip(outs, _truth_outputs(op, xr, yr), _formula(op, xr, yr)):
-        _assert_no_worse(o[rows], t, p, torch.bfloat16, f"{op} outputs at rows near 2**31 elements")
-    _assert_no_worse(
-        grad[rows],
-        _truth_grad(op, xr, yr, gr),
-        _dtype_grad(op, xr, yr, gr),
-        torch.bfloat16,
-        f"{op} gradient at rows near 2**31 elements",
-        relative=True,
-    )
+    (exact, exact_dx), (pytorch, pytorch_dx) = _pytorch(truth, op, xr, yr, gr), _pytorch(formula, op, xr, yr, gr)
+    for o, t, p in zip(outs, exact, pytorch):
+        assert_close_to_truth(o[rows], t, p, torch.bfloat16, f"{op} outputs at rows near 2**31 elements")
+    what = f"{op} gradient at rows near 2**31 elements"
+    assert_close_to_truth(grad[rows], exact_dx, pytorch_dx, torch.bfloat16, what, relative=True)
 
 
 def _peak_extra(fn):
@@ -184,16 +144,11 @@ def test_vocab_parallel_world_of_one_against_float64(dtype):
     xg = x.detach().requires_grad_(True)
     outs = ak.vocab_parallel_logprobs_and_entropy(xg, y, vocab_start=0)
     (grad,) = torch.autograd.grad(outs, xg, grads)
-    for name, g, t, p in zip(("logp", "H"), outs, _truth_outputs(op, x, y), _formula(op, x, y)):
-        _assert_no_worse(g.detach(), t, p, dtype, f"vocab-parallel {name} {dtype} {n}x{v}")
-    _assert_no_worse(
-        grad,
-        _truth_grad(op, x, y, grads),
-        _dtype_grad(op, x, y, grads),
-        dtype,
-        f"vocab-parallel gradient {dtype} {n}x{v}",
-        relative=True,
-    )
+    (exact, exact_dx), (pytorch, pytorch_dx) = _pytorch(truth, op, x, y, grads), _pytorch(formula, op, x, y, grads)
+    for name, g, t, p in zip(NAMES[op], outs, exact, pytorch):
+        assert_close_to_truth(g, t, p, dtype, f"vocab-parallel {name} {dtype} {n}x{v}")
+    what = f"vocab-parallel gradient {dtype} {n}x{v}"
+    assert_close_to_truth(grad, exact_dx, pytorch_dx, dtype, what, relative=True)
 
 
 def test_inplace_backward_allocates_no_gradient_buffer():

@@ -1,5 +1,5 @@
 """linear_logprobs_and_entropy / linear_entropy against float64 and against the op on materialised logits (the
-tolerance rule of numerics.py), invariant to how the workspace chunks tokens and slices the vocabulary, within a
+tolerance rule of aer_kernels.testing), invariant to how the workspace chunks tokens and slices the vocabulary, within a
 measured memory bound, with the edge rows, argument errors, autocast, torch.compile and opcheck."""
 
 import math
@@ -8,9 +8,9 @@ from contextlib import nullcontext
 import pytest
 import torch
 import torch.nn.functional as F
-from numerics import SLACK, assert_within_rule, formula, max_err
 
 import aer_kernels as ak
+from aer_kernels.testing import SLACK, assert_close_to_truth, formula, max_error
 from benchmarks.memory import AllocationTracker
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -104,10 +104,10 @@ def _as_sliced_leaf(hidden):
 def assert_all_within_rule(got, exact, baseline, dtype, what):
     for name, g, e, b in zip(("logp", "H"), got[:2], exact[:2], baseline[:2]):
         if e is not None:
-            assert_within_rule(g, e, b, dtype, f"{name} {what}")
+            assert_close_to_truth(g, e, b, dtype, f"{name} {what}")
     for name, g, e, b in zip(("d hidden", "d weight", "d bias"), got[2], exact[2], baseline[2]):
         assert g.dtype == dtype, f"{name} {what}: gradient dtype {g.dtype}"
-        assert_within_rule(g, e, b, dtype, f"{name} {what}")
+        assert_close_to_truth(g, e, b, dtype, f"{name} {what}")
 
 
 # ---- values and gradients against float64 and against the materialised op ----------------------------------------
@@ -231,13 +231,13 @@ def test_hidden_gradient_does_not_degrade_with_more_vocabulary_slices(dtype, on)
     grad_h, grad_logp = torch.randn(2, n, generator=g)
     args = [t.to(on) for t in (hidden, weight)] + [None, targets.to(on), 1.0, None, grad_h.to(on), grad_logp.to(on)]
     exact = through_logits(*args, torch.float64)[2][0]
-    pytorch = max_err(through_logits(*args, dtype)[2][0], exact)
+    pytorch = max_error(through_logits(*args, dtype)[2][0], exact)
     backend = "reference" if on == "cpu" else "triton"
     errors = {}
     for slices in (1, 64, 512):
         workspace = n * (vocab // slices) * logit_bytes(dtype, backend)
         dh = fused(*args, dtype, backend, workspace_bytes=workspace)[2][0]
-        errors[slices] = max_err(dh, exact)
+        errors[slices] = max_error(dh, exact)
     assert max(errors.values()) <= 1.1 * errors[1], errors
     assert max(errors.values()) <= pytorch + SLACK[dtype], (errors, pytorch)
 
@@ -297,9 +297,9 @@ def test_hidden_is_never_copied():
 
 def _compare_to_materialised(got, reference, what):
     for name, a, b in zip(("logp", "H"), got[:2], reference[:2]):
-        assert max_err(a, b) <= 1e-5, f"{name} {what}"
+        assert max_error(a, b) <= 1e-5, f"{name} {what}"
     for name, a, b in zip(("d hidden", "d weight", "d bias"), got[2], reference[2]):
-        assert max_err(a, b) <= 1e-4, f"{name} {what}"
+        assert max_error(a, b) <= 1e-4, f"{name} {what}"
 
 
 def test_out_of_range_targets_give_nan_only_where_a_gradient_flows(backend, device):

@@ -1,13 +1,14 @@
 """Vocab-parallel log-probs and entropy: each gloo rank, holding a vocabulary shard, gets the single-process
-result on the concatenated logits (float64 truth, the tolerance rule of numerics.py) and its shard's gradient."""
+result on the concatenated logits (float64 truth, the tolerance rule of aer_kernels.testing) and its shard's
+gradient."""
 
 import pytest
 import torch
 import torch.distributed as dist
 from gloo_workers import gloo_group, kernel_device, run_workers
-from numerics import assert_within_rule, formula, realistic_logits, truth
 
 import aer_kernels as ak
+from aer_kernels.testing import assert_close_to_truth, formula, realistic_logits, truth
 
 WORLD = 3
 TIMEOUT_S = 90
@@ -85,11 +86,11 @@ def check_layout(widths, dtype, backend, device, group, rank):
         b_logp, b_h, b_dx = formula(x, y, TEMPERATURE, mask, grad_h, gl)
         assert h.dtype == torch.float32 or dtype == torch.float64
         assert dx.dtype == dtype and dx.shape == (*ROWS, widths[rank])
-        assert_within_rule(h, t_h, b_h, dtype, f"H {what}")
-        assert_within_rule(dx, t_dx[..., start:stop], b_dx[..., start:stop], dtype, f"d shard {what}")
+        assert_close_to_truth(h, t_h, b_h, dtype, f"H {what}")
+        assert_close_to_truth(dx, t_dx[..., start:stop], b_dx[..., start:stop], dtype, f"d shard {what}")
         assert_same_on_every_rank(h, group)
         if use_targets:
-            assert_within_rule(logp, t_logp, b_logp, dtype, f"logp {what}")
+            assert_close_to_truth(logp, t_logp, b_logp, dtype, f"logp {what}")
             assert_same_on_every_rank(logp, group)
 
 
@@ -111,8 +112,8 @@ def check_undefined_rows(backend, device, rank):
     rows = slice(6, None)
     t_logp, _t_h, t_dx = truth(x[rows], targets[rows], TEMPERATURE, mask[rows], grad_h[rows], grad_logp[rows])
     b_logp, _b_h, b_dx = formula(x[rows], targets[rows], TEMPERATURE, mask[rows], grad_h[rows], grad_logp[rows])
-    assert_within_rule(logp[rows], t_logp, b_logp, torch.float32, "logp, defined rows")
-    assert_within_rule(dx[rows], t_dx[:, start:stop], b_dx[:, start:stop], torch.float32, "d shard, defined rows")
+    assert_close_to_truth(logp[rows], t_logp, b_logp, torch.float32, "logp, defined rows")
+    assert_close_to_truth(dx[rows], t_dx[:, start:stop], b_dx[:, start:stop], torch.float32, "d shard, defined rows")
 
     # Shard 2 claims one id too early: id 9 is held twice, the last id by nobody.
     claimed = start - (rank == 2)
@@ -181,7 +182,7 @@ def test_world_of_one_without_init_equals_single_process():
         truth(x, targets, TEMPERATURE, mask, grad_h, grad_logp)[2],
         formula(x, targets, TEMPERATURE, mask, grad_h, grad_logp)[2],
     )
-    assert_within_rule(local.grad, t_dx, b_dx, torch.float32, "d logits")
+    assert_close_to_truth(local.grad, t_dx, b_dx, torch.float32, "d logits")
 
 
 GOOD = dict(x=torch.randn(2, 3, 5), targets=torch.randint(0, 5, (2, 3)), mask=torch.ones(2, 3, dtype=torch.bool))
