@@ -3,7 +3,8 @@
 ``op`` is ``"entropy"`` (outputs ``(H,)``), ``"logprobs_and_entropy"`` (outputs ``(logp, H)``), or, for
 aer_kernels only, ``"vocab_parallel_logprobs_and_entropy"`` at world size 1 (outputs ``(logp, H)``).
 A method's ``reference`` is its math in plain PyTorch, run on a few rows in float64 (the truth)
-and in the logits' dtype (PyTorch's own error) by the correctness check.
+and in the logits' dtype (PyTorch's own error) by the correctness check: by default
+``aer_kernels.testing.formula``, the formula the tests hold the kernels to.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 import aer_kernels as ak
+from aer_kernels import testing
 
 from . import bench_vocab_parallel
 from .names import METHOD_NAMES, MODES, OPS, SINGLE_GPU_OPS, VOCAB_PARALLEL_OP
@@ -25,8 +27,8 @@ CHUNK_ROWS = 2048
 DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
 
 
-def formula(op: str, z: torch.Tensor, y: torch.Tensor, n_rows: int = 0) -> tuple[torch.Tensor, ...]:
-    """What RL trainers write today, computed in ``z``'s dtype (``n_rows``: see ``Method.reference``)."""
+def formula(op: str, z: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """What RL trainers write today, computed in ``z``'s dtype: the eager methods."""
     h = torch.logsumexp(z, -1) - (torch.softmax(z, -1) * z).sum(-1)
     if op == "entropy":
         return (h,)
@@ -45,9 +47,24 @@ def _logprobs_and_entropy_fp32(x, y):
     return formula_fp32("logprobs_and_entropy", x, y)
 
 
-def cross_entropy_grad_formula(op: str, z: torch.Tensor, y: torch.Tensor, n_rows: int) -> tuple[torch.Tensor]:
-    """Liger's loss restricted to some rows: mean cross-entropy over all ``n_rows`` rows."""
-    return (F.cross_entropy(z, y, reduction="sum") / n_rows,)
+def pytorch_reference(op: str, x: torch.Tensor, y: torch.Tensor, n_rows: int, grads=None):
+    """``(outputs, dx)`` by ``aer_kernels.testing.formula`` in ``x``'s dtype: the op's outputs and, given their
+    upstream ``grads``, the logits' gradient (``n_rows``, the rows of the whole batch, is unused: per-row ops)."""
+    if op == "entropy":
+        _, h, dx = testing.formula(x, None, 1.0, None, (grads or (None,))[0])
+        return (h,), dx
+    grad_logp, grad_h = grads or (None, None)
+    logp, h, dx = testing.formula(x, y, 1.0, None, grad_h, grad_logp)
+    return (logp, h), dx
+
+
+def cross_entropy_reference(op: str, x: torch.Tensor, y: torch.Tensor, n_rows: int, grads=None):
+    """Liger's loss restricted to some rows, mean cross-entropy over all ``n_rows`` rows, and its gradient."""
+    with torch.enable_grad():
+        z = x.detach().requires_grad_(grads is not None)
+        loss = F.cross_entropy(z, y, reduction="sum") / n_rows
+        dx = None if grads is None else torch.autograd.grad(loss, z, grads)[0]
+    return (loss.detach(),), dx
 
 
 def row_grads(op: str, n: int, device: torch.device, seed: int = 2) -> tuple[torch.Tensor, ...]:
@@ -70,7 +87,7 @@ class Method:
     cuda_only: bool = False
     mutates_input: bool = False  # writes into the logits: gets its own copy
     max_elements: int | None = None  # N * V it can address
-    reference: Callable = formula
+    reference: Callable = pytorch_reference  # (op, x rows, y rows, n_rows, grads) -> (outputs, dx)
     upstream: Callable = row_grads
 
 
@@ -154,7 +171,7 @@ def _liger_ce() -> Method:
         modes=("fwd+bwd",),
         cuda_only=True,
         mutates_input=True,
-        reference=cross_entropy_grad_formula,
+        reference=cross_entropy_reference,
         upstream=scalar_grad,
     )
 
