@@ -6,6 +6,8 @@ kernels' error may be no worse than that of the same PyTorch formula run in the 
 forward at most 16 bytes a row, backward the gradient buffer only, in-place backward nothing.
 """
 
+import functools
+
 import pytest
 import torch
 
@@ -34,8 +36,16 @@ def _ids(value):
     return f"{value[0]}x{value[1]}" if isinstance(value, tuple) else str(value).replace("torch.", "")
 
 
+@functools.cache
+def _drawn_logits(n, v, dtype, seed):
+    """Drawn once on the CPU (single-threaded: about 80 M logits/s on one core), kept in host
+    memory: the tests share shapes."""
+    return realistic_logits((n, v), dtype, torch.Generator().manual_seed(seed))
+
+
 def _logits(n, v, dtype, seed=0):
-    return realistic_logits((n, v), dtype, torch.Generator().manual_seed(seed), device="cuda")
+    """A fresh GPU copy: tests make it a leaf or write gradients into it."""
+    return _drawn_logits(n, v, dtype, seed).to("cuda")
 
 
 def _targets(n, v, seed=1):
