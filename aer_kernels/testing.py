@@ -1,9 +1,10 @@
 """Hold an entropy / log-prob implementation to the library's tolerance rule, on the library's test data.
 
-The rule: compute a float64 ground truth with :func:`truth`; an implementation's error against it may be no
-worse than the error of the same PyTorch formula run in the input dtype (:func:`formula`), plus a small slack
-(:data:`SLACK`). Non-finite entries must match the truth exactly: NaN in gives NaN out.
+The rule: compute a float64 ground truth with ``truth``; an implementation's error against it may be no
+worse than the error of the same PyTorch formula run in the input dtype (``formula``), plus a small slack
+(``SLACK``). Non-finite entries must match the truth exactly: NaN in gives NaN out.
 
+    import torch
     import aer_kernels as ak
     from aer_kernels.testing import assert_close_to_truth, formula, realistic_logits, truth
 
@@ -50,6 +51,9 @@ def formula(
         mask: bool of shape ``x.shape[:-1]``, or None; False rows output 0 and get gradient 0.
         grad_h, grad_logp: upstream gradients of ``H`` and ``logp`` (shape ``x.shape[:-1]``); ``dx`` is the
             gradient of ``sum(H * grad_h) + sum(logp * grad_logp)`` with respect to ``x``, None when both are None.
+
+    Returns:
+        ``(logp, H, dx)`` in ``x``'s dtype: ``logp`` and ``H`` of shape ``x.shape[:-1]``, ``dx`` of ``x``'s shape.
     """
     _check_formula_args(x, targets, temperature, mask, grad_h, grad_logp)
     wants_grad = grad_h is not None or grad_logp is not None
@@ -83,9 +87,13 @@ def truth(
     grad_h: torch.Tensor | None = None,
     grad_logp: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
-    """:func:`formula` in float64 (the ground truth), a chunk of rows at a time so big inputs fit.
+    """``formula`` in float64 (the ground truth), a chunk of rows at a time so big inputs fit.
 
-    Args: as for :func:`formula`; the results are float64 whatever ``x``'s dtype.
+    Args:
+        x, targets, temperature, mask, grad_h, grad_logp: as for ``formula``.
+
+    Returns:
+        ``(logp, H, dx)`` as from ``formula``, float64 whatever ``x``'s dtype.
     """
     _check_formula_args(x, targets, temperature, mask, grad_h, grad_logp)
     lead, vocab = x.shape[:-1], x.shape[-1]
@@ -135,11 +143,15 @@ def check_close_to_truth(
 
     Args:
         got: the result under test.
-        truth: the float64 ground truth (:func:`truth`), same shape as ``got``.
-        baseline: the same result from the PyTorch formula in the input dtype (:func:`formula`).
-        dtype: the input dtype, which sets the slack (a key of :data:`SLACK`).
+        truth: the float64 ground truth (``truth``), same shape as ``got``.
+        baseline: the same result from the PyTorch formula in the input dtype (``formula``).
+        dtype: the input dtype, which sets the slack (a key of ``SLACK``).
         what: names the result in the failure text.
         relative: errors divided by the largest finite ``|truth|`` (for gradients, whose scale varies).
+
+    Returns:
+        None when ``got`` holds to the rule; else one line: the shape, the non-finite pattern or the error that
+        fails, against PyTorch's own error plus the slack.
     """
     for name, t in (("got", got), ("truth", truth), ("baseline", baseline)):
         if not isinstance(t, torch.Tensor):
@@ -176,7 +188,11 @@ def assert_close_to_truth(
 ) -> None:
     """Raise AssertionError unless ``got`` holds to the tolerance rule.
 
-    Args: as for :func:`check_close_to_truth`.
+    Args:
+        got, truth, baseline, dtype, what, relative: as for ``check_close_to_truth``.
+
+    Raises:
+        AssertionError: with ``check_close_to_truth``'s failure text.
     """
     failure = check_close_to_truth(got, truth, baseline, dtype, what, relative=relative)
     if failure is not None:
@@ -188,6 +204,9 @@ def max_error(got: torch.Tensor, expected: torch.Tensor) -> float:
 
     Args:
         got, expected: tensors of one shape, any float dtypes.
+
+    Returns:
+        The largest ``|got - expected|`` where ``expected`` is finite, as a Python float (0.0 if nowhere).
     """
     for name, t in (("got", got), ("expected", expected)):
         if not isinstance(t, torch.Tensor):
@@ -237,8 +256,11 @@ def realistic_logits(
         generator: a CPU ``torch.Generator``; its state advances.
         std: one std for every row instead of the drawn ones (the flat and peaked rows stay).
         device: where the result lives (default CPU).
+
+    Returns:
+        A ``dtype`` tensor of ``shape`` on ``device``.
     """
-    shape = _check_shape(shape, "shape")
+    shape = _check_shape(shape)
     if not shape or shape[-1] < 1:
         raise ValueError(f"shape must end in a vocabulary size >= 1, got {shape}")
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
@@ -272,8 +294,11 @@ def random_targets(shape, vocab: int, generator: torch.Generator, *, device=None
         vocab: the vocabulary size, >= 1.
         generator: a CPU ``torch.Generator``; its state advances.
         device: where the result lives (default CPU).
+
+    Returns:
+        An int64 tensor of ``shape`` on ``device``.
     """
-    shape = _check_shape(shape, "shape")
+    shape = _check_shape(shape)
     if not isinstance(vocab, int) or isinstance(vocab, bool) or vocab < 1:
         raise ValueError(f"vocab must be an int >= 1, got {vocab!r}")
     _check_generator(generator)
@@ -288,21 +313,24 @@ def random_row_grads(shape, count: int, generator: torch.Generator, *, device=No
         count: how many gradients, >= 0.
         generator: a CPU ``torch.Generator``; its state advances.
         device: where the results live (default CPU).
+
+    Returns:
+        A tuple of ``count`` float32 tensors of ``shape`` on ``device``.
     """
-    shape = _check_shape(shape, "shape")
+    shape = _check_shape(shape)
     if not isinstance(count, int) or isinstance(count, bool) or count < 0:
         raise ValueError(f"count must be an int >= 0, got {count!r}")
     _check_generator(generator)
     return tuple(torch.randn(shape, generator=generator).to(device) for _ in range(count))
 
 
-def _check_shape(shape, name: str) -> tuple[int, ...]:
+def _check_shape(shape) -> tuple[int, ...]:
     try:
         dims = tuple(shape)
     except TypeError:
         dims = None
     if dims is None or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in dims):
-        raise ValueError(f"{name} must be a sequence of non-negative ints, got {shape!r}")
+        raise ValueError(f"shape must be a sequence of non-negative ints, got {shape!r}")
     return dims
 
 
