@@ -3,6 +3,7 @@ import tempfile
 
 import pytest
 import torch
+import torch._dynamo.trace_rules
 
 # Inductor's on-disk cache does not key on a custom op's implementation: a cache left by another version of
 # this package can replay a stale graph. Each test session compiles into a cache of its own.
@@ -46,4 +47,7 @@ def nan_poisoned_empty(monkeypatch):
             t.fill_(float("nan"))
         return t
 
+    # Dynamo builds its table of torch functions once, on first use: built while torch.empty is patched, it would
+    # refuse the real torch.empty in every later compiled test of the session.
+    torch._dynamo.trace_rules.get_torch_obj_rule_map()
     monkeypatch.setattr(torch, "empty", empty)
