@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(
         f"{runs} runs ({len(arm_list)} arms × {len(seeds)} seed(s)) of {config.steps} GRPO steps on countdown "
         f"{config.tiers}, {args.jobs} process(es) of {config.threads} torch thread(s) each, {config.device}: "
-        f"about {study.estimate_seconds(config, runs, len(seeds), args.jobs) / 60:.0f} min on a 2-core Xeon."
+        f"about {study.estimate_seconds(config, runs, len(seeds), args.jobs) / 60:.0f} min on a shared 2-core CPU."
     )
     started = time.perf_counter()
     results = study.run(config, arm_list, seeds, args.jobs, args.output_dir)

@@ -31,14 +31,13 @@ from .train import Arm, Config, evaluate_warm_start, train, warm_start
 matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt
 
-KS = (1, 4, 16)  # pass@k reported, from Config.eval_samples >= 16 samples per problem
-METRICS = ("pass@1", "greedy", "pass@4", "pass@16")
+METRICS = ("pass@1", "greedy", "pass@4", "pass@16")  # pass@k needs Config.eval_samples >= k
 # The fixed baseline: near AER's mean α in a 300-step pilot (0.01 and 0.02 did about as well there; 0.05 drove
 # the quick run's entropy to 2.9 nats and its accuracy to 0).
 FIXED = 0.02
 BASELINES = ("no-entropy", f"fixed-{FIXED:g}")
-# One GRPO step on one thread, evaluation included, on a 2-core Xeon that other jobs shared (0.15 s alone): for
-# the estimate printed up front.
+# One GRPO step on one thread, warm start and evaluation included, for the estimate printed up front: 0.27 s
+# in the README's study on a 2-core AMD EPYC that other jobs shared (0.15 s with the machine to itself).
 SECONDS_PER_STEP = 0.3
 FINAL_WINDOW = 20  # steps averaged for the final entropy
 
@@ -206,7 +205,8 @@ def _drain(progress: queue.Queue) -> int:
 # -------------------------------------------------------------------------------------------------------- output
 
 
-def machine(config: Config, jobs: int) -> dict:
+def machine(config: Config) -> dict:
+    """What the numbers were measured on."""
     cpu = platform.processor() or platform.machine()
     with contextlib.suppress(OSError, StopIteration):  # /proc/cpuinfo: Linux only
         cpu = next(
@@ -278,8 +278,11 @@ def study_figure(summary: dict, path: Path) -> None:
     figure, axis = plt.subplots(figsize=(7, 5.5))
     for index, (name, row) in enumerate(summary["table"].items()):
         (x, dx), (y, dy) = row["pass@1"], row["pass@16"]
-        axis.errorbar(x, y, xerr=_zero_if_nan(dx), yerr=_zero_if_nan(dy), fmt="o", color=f"C{index}", capsize=3)
-        axis.annotate(name, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8, color=f"C{index}")
+        marker = "s" if name.startswith("aer") else "o"
+        axis.errorbar(
+            x, y, xerr=_zero_if_nan(dx), yerr=_zero_if_nan(dy), fmt=marker, color=f"C{index}", capsize=3, label=name
+        )
+    axis.legend(fontsize=8)
     axis.set_xlabel("held-out pass@1 (T = 1)")
     axis.set_ylabel("held-out pass@16")
     axis.set_title(f"countdown, {len(summary['seeds'])} seed(s): mean ± 1 SE across seeds", fontsize=10)
@@ -324,7 +327,7 @@ def report(config: Config, results: dict, jobs: int, output_dir: Path, seconds: 
     lines = verdict_lines(summary)
     settings = asdict(replace(config, seed=summary["seeds"][0]))
     settings.pop("seed")
-    record = summary | {"config": settings, "jobs": jobs, "machine": machine(config, jobs), "wall_seconds": seconds}
+    record = summary | {"config": settings, "jobs": jobs, "machine": machine(config), "wall_seconds": seconds}
     (output_dir / "study.json").write_text(json.dumps(record, indent=1))
     record["results"] = {str(seed): by_arm for seed, by_arm in results.items()}
     (output_dir / "runs.json").write_text(json.dumps(record["results"]))  # per step and per problem
