@@ -234,6 +234,7 @@ def test_help_documents_the_modes_and_reproducibility(capsys):
         (["--target-ratio", "0"], "argument --target-ratio: must be a number > 0, got 0"),
         (["--study", "--target-ratios", "0.7", "-1"], "argument --target-ratios: must be a number > 0, got -1"),
         (["--quick", "--study"], "argument --study: not allowed with argument --quick"),
+        (["--target-ratios", "0.6"], "argument --target-ratios: only with --study"),
     ],
 )
 def test_command_line_rejects_bad_input_naming_the_argument(argv, message, capsys):

@@ -10,7 +10,8 @@ from pathlib import Path
 from .train import Config, quick
 
 DEFAULT_RATIO = 0.7  # AER's target ratio in the default run: see the README's demo section for the evidence
-STUDY_RATIOS = (0.6, 0.7, 0.8)
+STUDY_RATIOS = (0.5, 0.6, 0.7, 0.8)
+STUDY_SEEDS = 5
 REPRODUCIBILITY = (
     "Reproducibility: on CPU, the same seed, --threads and torch build give the same numbers to the last digit, "
     "whatever --jobs (every run is its own process, or runs alone). Another thread count, torch build or CPU type "
@@ -52,14 +53,14 @@ def parser() -> argparse.ArgumentParser:
     mode.add_argument(
         "--study",
         action="store_true",
-        help=f"the experiment: every arm, AER at each --target-ratios, on --seeds seeds (default 3 here), "
+        help=f"the experiment: every arm, AER at each --target-ratios, on --seeds seeds (default {STUDY_SEEDS} here), "
         f"--jobs processes at a time; writes study.md/.json/.png (default ratios {STUDY_RATIOS})",
     )
     parser.add_argument(
         "--seeds",
         type=_positive_int,
-        help="number of seeds, 0..N-1 (default: 1, or 3 with --study); each is a replicate of the whole "
-        "experiment: its own problems, warm start and training draws",
+        help=f"number of seeds, counting up from --seed (default: 1, or {STUDY_SEEDS} with --study); each is a "
+        "replicate of the whole experiment: its own problems, warm start and training draws",
     )
     parser.add_argument("--seed", type=int, default=0, help="the first seed (default: 0)")
     parser.add_argument(
@@ -73,7 +74,6 @@ def parser() -> argparse.ArgumentParser:
         "--target-ratios",
         type=_ratio,
         nargs="+",
-        default=STUDY_RATIOS,
         help=f"with --study: the ρ values swept (default: {' '.join(map(str, STUDY_RATIOS))})",
     )
     parser.add_argument("--jobs", type=_positive_int, default=2, help="processes at a time (default: 2)")
@@ -97,14 +97,17 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> dict:
     """Parse ``argv`` (default: the command line), run, write and print the results; returns the JSON record."""
-    args = parser().parse_args(argv)
+    command_line = parser()
+    args = command_line.parse_args(argv)
+    if args.target_ratios and not args.study:
+        command_line.error("argument --target-ratios: only with --study (a single run uses --target-ratio)")
     from . import study  # after parsing, so --help answers without loading torch
 
     config = replace(Config(), device=args.device, threads=args.threads)
     config = quick(config) if args.quick else config
     config = replace(config, steps=args.steps) if args.steps else config
-    seeds = list(range(args.seed, args.seed + (args.seeds or (3 if args.study else 1))))
-    ratios = tuple(args.target_ratios) if args.study else (args.target_ratio,)
+    seeds = list(range(args.seed, args.seed + (args.seeds or (STUDY_SEEDS if args.study else 1))))
+    ratios = tuple(args.target_ratios or STUDY_RATIOS) if args.study else (args.target_ratio,)
     arm_list = study.arms(ratios, args.target_ratio)
     runs = len(seeds) * len(arm_list)
     print(
