@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import torch
 
-from aer_kernels.testing import SLACK as SLACK  # re-exported for bench_linear's check
 from aer_kernels.testing import check_close_to_truth
 
 from .names import VOCAB_PARALLEL_OP

@@ -103,3 +103,32 @@ def test_readme_table_names_the_card(quick_run):
 def test_readme_table_without_results_fails_clearly(tmp_path):
     run = _cli("--readme-table", out=tmp_path)
     assert run.returncode == 1 and "no results file" in run.stderr
+
+
+def test_gpu_check_dry_run_writes_every_step(tmp_path):
+    """The script a lent GPU runs, every step at CPU sizes: each step's results land, none fails."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "CUDA_VISIBLE_DEVICES")}
+    env.update(OUT=str(tmp_path), MPLBACKEND="Agg", CUDA_VISIBLE_DEVICES="", PYTHON=sys.executable)
+    run = subprocess.run(
+        ["bash", "benchmarks/gpu_check.sh", "--dry-run"],
+        cwd=REPO,
+        env=env,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    log = run.stdout + run.stderr
+    assert run.returncode == 0, log[-3000:]
+    for failure in ("FAILED", "failed (exit", "stopped (exit", "no results file"):
+        assert failure not in log, log[-3000:]
+    for pattern, key in [
+        ("sweep-cpu-*.json", "results"),
+        ("cpu-*.json", "rows"),
+        ("linear/linear-cpu-*.json", "rows"),
+        ("combine/combine-cpu-*.json", "rows"),
+    ]:
+        (path,) = tmp_path.glob(pattern)
+        assert json.loads(path.read_text())[key], pattern
+    combine = json.loads(next(tmp_path.glob("combine/*.json")).read_text())["rows"]
+    assert {r["method"] for r in combine} == {"torch", "torch_compile"} and combine[0]["eager_ops"] > 0
