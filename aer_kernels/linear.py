@@ -88,9 +88,6 @@ class _HiddenRows:
             r += j - i
 
 
-# ---- sizes: what one workspace holds ---------------------------------------------------------------------------
-
-
 def _logit_bytes(dtype: torch.dtype, backend: str) -> int:
     """Workspace bytes per logit: the logit, and on the reference backend its row kernels' two fp32 copies."""
     scratch = 2 * accumulation_dtype(dtype).itemsize if backend == "reference" else 0
@@ -111,9 +108,6 @@ def _chunk_rows(workspace_bytes: int, n: int, vocab: int, logit_bytes: int) -> i
 
 def _slice_width(workspace_bytes: int, n: int, vocab: int, logit_bytes: int, extra: int) -> int:
     return max(1, min(vocab, workspace_bytes // (n * logit_bytes + extra)))
-
-
-# ---- GEMM helpers ----------------------------------------------------------------------------------------------
 
 
 def _logits_into(out: Tensor, rows: _HiddenRows, r0: int, r1: int, weight: Tensor, bias: Tensor | None) -> None:
@@ -172,9 +166,6 @@ def _weight_grad_into(out: Tensor, grad: Tensor, rows: _HiddenRows, scratch: Ten
         out.copy_(total)
 
 
-# ---- the forward: token chunks ---------------------------------------------------------------------------------
-
-
 def _forward_rows(hidden, weight, bias, targets, mask, temperature, backend, workspace_bytes, h, logp, stats):
     rows = _HiddenRows(hidden)
     n, vocab = rows.n, weight.shape[0]
@@ -227,9 +218,6 @@ def _linear_fwd(
 @_linear_fwd.register_fake
 def _(hidden, weight, bias, targets, mask, temperature, backend, workspace_bytes, temperature_tensor=None):
     return _forward_outputs(hidden, targets is not None)
-
-
-# ---- the backward: vocabulary slices ---------------------------------------------------------------------------
 
 
 def _backward_slices(
@@ -359,9 +347,6 @@ def _(
     return _backward_outputs(hidden, weight, bias, need_hidden, need_weight, need_bias)
 
 
-# ---- autograd ----------------------------------------------------------------------------------------------------
-
-
 def _no_double_backward(ctx, *grads):
     raise NotImplementedError(
         "aer_kernels::linear_bwd (the gradient of linear_logprobs_and_entropy / linear_entropy) has no gradient "
@@ -402,9 +387,6 @@ def _autograd_backward(ctx, grad_logp, grad_h, _grad_stats):
 
 
 torch.library.register_autograd("aer_kernels::linear_fwd", _autograd_backward, setup_context=_setup_context)
-
-
-# ---- argument checks: every error before any work ---------------------------------------------------------------
 
 
 def _check_float_tensor(name: str, t) -> None:
@@ -497,9 +479,6 @@ def _prepare(hidden, weight, bias, targets, mask, temperature, workspace_bytes, 
     return with_row_layout(hidden), weight, bias, *flat, temperature, backend, workspace_bytes
 
 
-# ---- public API --------------------------------------------------------------------------------------------------
-
-
 def _run(hidden, weight, targets, bias, temperature, mask, workspace_bytes, backend, *, with_targets: bool):
     """``(logp, H)``, ``logp`` None without targets. Under torch.compile an argument error is raised when the
     compiled code runs, and the temperature is a graph input (one graph for every T): see ``_ops.py``."""
@@ -589,9 +568,6 @@ def linear_entropy(
         ``H``, float32 (float64 for float64 inputs) with shape ``hidden.shape[:-1]``.
     """
     return _run(hidden, weight, None, bias, temperature, mask, workspace_bytes, backend, with_targets=False)[1]
-
-
-# ---- tensor parallel: the vocabulary sharded over a process group -----------------------------------------------
 
 
 class _VocabParallelLinear(torch.autograd.Function):

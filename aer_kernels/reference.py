@@ -99,9 +99,6 @@ def backward(
         g3[so, si].copy_(g.view(g3[so, si].shape))  # converts to the gradient dtype while copying
 
 
-# ---- the vocab-parallel combine ----------------------------------------------------------------------------------
-
-
 def _masked(values, mask):
     return values if mask is None else torch.where(mask, values, 0.0)
 

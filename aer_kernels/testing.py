@@ -30,9 +30,6 @@ _PATTERN_ROWS = 32  # one flat and one peaked row in each 32: a batch of 3 to 32
 _FLAT_STD, _PEAK = 0.01, 40.0
 
 
-# ---- the PyTorch formula and its float64 truth ---------------------------------------------------------------
-
-
 def formula(
     x: torch.Tensor,
     targets: torch.Tensor | None = None,
@@ -125,9 +122,6 @@ def _check_formula_args(x, targets, temperature, mask, grad_h, grad_logp):
         raise ValueError("grad_logp needs targets: without them there is no logp")
     if not _is_real(temperature) or not (math.isfinite(temperature) and temperature > 0):
         raise ValueError(f"temperature must be a finite positive number, got {temperature!r}")
-
-
-# ---- the tolerance rule --------------------------------------------------------------------------------------
 
 
 def check_close_to_truth(
@@ -232,9 +226,6 @@ def _nonfinite_mismatch(a: torch.Tensor, b: torch.Tensor) -> str | None:
 def _finite_max_abs(a: torch.Tensor, b: torch.Tensor) -> float:
     finite = torch.isfinite(b)
     return (a[finite] - b[finite]).abs().max().item() if finite.any() else 0.0
-
-
-# ---- test data -----------------------------------------------------------------------------------------------
 
 
 def realistic_logits(

@@ -116,9 +116,6 @@ def build_methods(workspaces_mib, device: torch.device) -> tuple[list[Method], l
     return methods, skipped
 
 
-# ---- correctness before timing -----------------------------------------------------------------------------------
-
-
 def _formula(h, w, y, grads, loss_only: bool, dtype: torch.dtype):
     """Outputs and ``dh`` of the plain PyTorch math, logits and GEMMs in ``dtype`` and the rest in fp32 (or
     float64). In float64 (the truth) ``W`` is converted a slice at a time: a float64 copy of it may not fit."""
@@ -151,9 +148,6 @@ def check(method: Method, h, w, y) -> str | None:
         if failed:
             return failed
     return None
-
-
-# ---- timing ------------------------------------------------------------------------------------------------------
 
 
 def _upstream(method: Method, n: int, device) -> tuple:

@@ -116,8 +116,6 @@ def test_refuses_entropy_coeff_and_missing_entropy():
         ppo_loss(actor(), output, data)
 
 
-# ---------------------------------------------------------------- group accuracy by uid
-
 UIDS = np.array(["b", "a", "pad", "c", "a", "b", "a", "b", "pad", "c"], dtype=object)
 SCORES = torch.tensor([1.0, 0.0, 1.0, 0.0, 1.0, 1.0, math.nan, 0.0, 1.0, 0.0])
 PADDING = [False, False, True, False, False, False, False, False, True, False]
@@ -151,9 +149,6 @@ def test_padding_is_excluded_even_under_a_real_uid():
 def test_group_accuracy_validates_arguments(scores, uids, is_padding, name):
     with pytest.raises(ValueError, match=name):
         group_accuracy(scores, uids, is_padding=is_padding)
-
-
-# ---------------------------------------------------------------- the driver's step
 
 
 def synthetic_rollout(seed):

@@ -114,9 +114,6 @@ def assert_all_within_rule(got, exact, baseline, dtype, what):
         assert_close_to_truth(g, e, b, dtype, f"{name} {what}", relative=True)
 
 
-# ---- values and gradients against float64 and against the materialised op ----------------------------------------
-
-
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_matches_float64_and_materialised_logits(backend, device, dtype):
     hidden, weight, bias, targets, mask, grad_h, grad_logp = problem(
@@ -162,8 +159,6 @@ def test_gradcheck_float64_with_chunks_and_slices():
 
     assert torch.autograd.gradcheck(outputs, leaves)
 
-
-# ---- chunking and slicing ----------------------------------------------------------------------------------------
 
 N_ROWS, VOCAB, WIDTH = 48, 37, 8  # V prime: ragged last slices
 
@@ -253,9 +248,6 @@ def test_hidden_gradient_does_not_degrade_with_more_vocabulary_slices(dtype, on)
     assert max(errors.values()) <= pytorch + SLACK[dtype] * scale, (errors, pytorch, scale)
 
 
-# ---- the memory bound, measured --------------------------------------------------------------------------------
-
-
 @pytest.mark.parametrize("sliced", [False, True], ids=["contiguous", "sliced"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_memory_stays_within_the_workspace(backend, device, dtype, sliced):
@@ -301,9 +293,6 @@ def test_hidden_is_never_copied():
         torch.autograd.backward([logp, h], [grad_logp, grad_h])
     assert not [a for a in forward.allocations if a.nbytes >= size]
     assert [a.shape for a in backward.allocations if a.nbytes >= size] == [(math.prod(lead), d)]
-
-
-# ---- edge rows -------------------------------------------------------------------------------------------------
 
 
 def _compare_to_materialised(got, reference, what):
@@ -393,8 +382,6 @@ def test_upstream_gradients_as_expanded_or_strided_views(backend, device):
     torch.testing.assert_close(views, dense, rtol=0, atol=0)
 
 
-# ---- only what needs a gradient ----------------------------------------------------------------------------------
-
 NEEDS = {
     "hidden": (True, False, False),
     "weight": (False, True, False),
@@ -445,9 +432,6 @@ def test_unused_output_costs_no_term_and_tied_embeddings_sum():
     a = torch.autograd.grad(entropy_only.sum(), hidden)[0]
     b = torch.autograd.grad(h.sum(), hidden)[0]
     torch.testing.assert_close(a, b, rtol=0, atol=0)
-
-
-# ---- autocast, torch.compile, opcheck ----------------------------------------------------------------------------
 
 
 def test_autocast_casts_inputs_like_f_linear():
@@ -557,9 +541,6 @@ def test_opcheck():
     )
     torch.library.opcheck(backward, back)
     torch.library.opcheck(backward, (*back[:9], 1.0, *back[10:], t))
-
-
-# ---- argument errors, before any work ----------------------------------------------------------------------------
 
 
 def _good():

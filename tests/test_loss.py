@@ -13,9 +13,6 @@ MASK = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0], [0, 0, 0, 0]], dtype=torch.bool
 COEF = torch.tensor([0.5, -1.0, 2.0])
 
 
-# ---------------------------------------------------------------- group_accuracy
-
-
 def test_group_accuracy_from_flat_and_grouped_rewards():
     rewards = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0])
     acc = group_accuracy(rewards, group_size=4)
@@ -91,9 +88,6 @@ def test_group_accuracy_by_group_ids_validates_arguments(rewards, kwargs, messag
         group_accuracy(rewards, **kwargs)
 
 
-# ---------------------------------------------------------------- entropy_stats
-
-
 def test_entropy_stats_are_masked_sum_and_count_as_0d_fp64():
     h = H.clone().requires_grad_()
     total, count = entropy_stats(h, MASK)
@@ -117,8 +111,6 @@ def test_entropy_stats_validate_shapes(entropy, mask, name):
     with pytest.raises(ValueError, match=name):
         entropy_stats(entropy, mask)
 
-
-# ---------------------------------------------------------------- entropy_bonus
 
 # Per response Σ_t H·m = 6, 9, 0 over n = 3, 2, 0 tokens; two responses have tokens.
 CASES = {

@@ -94,8 +94,6 @@ class AERTrainerMixin:
             )
         self._entropy_bonus_enabled = True
 
-    # ---------------------------------------------------------------- per-completion coefficients
-
     def _calculate_rewards(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         rewards_per_func = super()._calculate_rewards(*args, **kwargs)
         self._aer_batch_rewards = rewards_per_func  # [B_all, F], gathered over processes
@@ -124,8 +122,6 @@ class AERTrainerMixin:
         rewards = (rewards_per_func * weights).nansum(dim=1)
         # A completion no reward function scored is not a success (nansum would make it 0, maybe above threshold).
         return rewards.masked_fill(torch.isnan(rewards_per_func).all(dim=1), math.nan)
-
-    # ---------------------------------------------------------------- the loss term
 
     def _get_per_token_logps_and_entropies(self, *args: Any, **kwargs: Any) -> Any:
         output = super()._get_per_token_logps_and_entropies(*args, **kwargs)
@@ -182,8 +178,6 @@ class AERTrainerMixin:
             return token_mean * mask.sum().clamp(min=1.0) / normaliser
         return token_mean / (self.current_gradient_accumulation_steps if training else 1.0)
 
-    # ---------------------------------------------------------------- the controller update
-
     def _aer_rollout_steps(self) -> int:
         return self.args.steps_per_generation * self.num_iterations
 
@@ -199,8 +193,6 @@ class AERTrainerMixin:
                 raise RuntimeError("a rollout batch ended with no entropy recorded: AER cannot update α")
             self.aer_controller.update(*sums)
         return loss
-
-    # ---------------------------------------------------------------- logs and checkpoints
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         if self.model.training:
