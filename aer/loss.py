@@ -82,6 +82,14 @@ def entropy_stats(entropy: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tens
 
     fp64 keeps the token count exact beyond 2^24 tokens and the sum order-independent enough to agree
     across data-parallel shardings.
+
+    Args:
+        entropy: per-token entropy, any float dtype, e.g. ``aer_kernels.entropy``'s output ``[N, T]``; only
+            its masked-in entries are read (NaN elsewhere is ignored).
+        mask: bool or 0/1 tensor of ``entropy``'s shape: the response tokens that count.
+
+    Returns:
+        ``(entropy_sum, token_count)``, 0-d float64 tensors, detached.
     """
     _check_entropy_and_mask(entropy, mask)
     mask = mask.detach().to(torch.float64)
@@ -102,6 +110,16 @@ def entropy_bonus(
       seq-mean-token-mean:  -(1/max(|S|, 1)) Σ_{i∈S} λ_i Σ_t H_it m_it / n_i
       seq-mean-token-sum:   -(1/max(|S|, 1)) Σ_{i∈S} λ_i Σ_t H_it m_it
     Adding it to the loss raises entropy where λ_i > 0 and lowers it where λ_i < 0.
+
+    Args:
+        entropy: per-token entropy ``[N, T]`` with its graph (e.g. ``aer_kernels.entropy(logits)``).
+        coef: ``[N]`` per-response coefficients λ_i, e.g. ``AERController.coefficients``; used detached.
+        mask: ``[N, T]`` bool or 0/1: the response tokens that count.
+        reduction: ``"token-mean"`` (default), ``"seq-mean-token-mean"`` or ``"seq-mean-token-sum"``: match
+            the policy loss's own aggregation so the bonus keeps its scale against it.
+
+    Returns:
+        A 0-d fp32 tensor to add to the loss.
     """
     _check_entropy_and_mask(entropy, mask)
     if not isinstance(coef, torch.Tensor) or coef.shape != entropy.shape[:1]:
