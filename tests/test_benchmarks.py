@@ -15,18 +15,15 @@ ROW_KEYS = {"op", "mode", "method", "N", "V", "dtype", "ms", "gbps", "pct_copy",
 TOP_KEYS = {"device", "torch", "triton", "commit", "date", "copy_gbps", "rows"}
 
 
-def _run(module: str, *args) -> subprocess.CompletedProcess:
+def _run_cpu(command: list[str], timeout: float, **env_vars) -> subprocess.CompletedProcess:
+    """``command`` in the repository on the CPU path, on any box."""
     env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "CUDA_VISIBLE_DEVICES", "WORLD_SIZE")}
-    env.update(PYTHONPATH=str(REPO), MPLBACKEND="Agg", CUDA_VISIBLE_DEVICES="")  # the CPU path, on any box
-    return subprocess.run(
-        [sys.executable, "-m", module, *args],
-        cwd=REPO,
-        env=env,
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    env.update(PYTHONPATH=str(REPO), MPLBACKEND="Agg", CUDA_VISIBLE_DEVICES="", **env_vars)
+    return subprocess.run(command, cwd=REPO, env=env, check=False, capture_output=True, text=True, timeout=timeout)
+
+
+def _run(module: str, *args) -> subprocess.CompletedProcess:
+    return _run_cpu([sys.executable, "-m", module, *args], timeout=120)
 
 
 def _cli(*args, out: Path) -> subprocess.CompletedProcess:
@@ -107,16 +104,8 @@ def test_readme_table_without_results_fails_clearly(tmp_path):
 
 def test_gpu_check_dry_run_writes_every_step(tmp_path):
     """The script a lent GPU runs, every step at CPU sizes: each step's results land, none fails."""
-    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "CUDA_VISIBLE_DEVICES")}
-    env.update(OUT=str(tmp_path), MPLBACKEND="Agg", CUDA_VISIBLE_DEVICES="", PYTHON=sys.executable)
-    run = subprocess.run(
-        ["bash", "benchmarks/gpu_check.sh", "--dry-run"],
-        cwd=REPO,
-        env=env,
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    run = _run_cpu(
+        ["bash", "benchmarks/gpu_check.sh", "--dry-run"], timeout=300, OUT=str(tmp_path), PYTHON=sys.executable
     )
     log = run.stdout + run.stderr
     assert run.returncode == 0, log[-3000:]
