@@ -128,17 +128,17 @@ def test_summary_pairs_arms_within_each_seed():
         return {"correct": correct, "greedy": greedy, "tiers": [2, 3], "entropy": [1.0] * 20}
 
     results = {
-        0: {"no-entropy": result([0, 16], [0, 1]), "aer-0.7": result([8, 16], [1, 1])},
-        1: {"no-entropy": result([8, 8], [0, 0]), "aer-0.7": result([8, 8], [0, 1])},
+        0: {"no-entropy": result([0, 16], [0, 1]), "aer-0.5": result([8, 16], [1, 1])},
+        1: {"no-entropy": result([8, 8], [0, 0]), "aer-0.5": result([8, 8], [0, 1])},
     }
     summary = study.summarise(results, n=16)
     pass1 = next(c for c in summary["comparisons"] if c["metric"] == "pass@1")
-    assert (pass1["arm"], pass1["baseline"]) == ("aer-0.7", "no-entropy")
+    assert (pass1["arm"], pass1["baseline"]) == ("aer-0.5", "no-entropy")
     assert pass1["per_seed"] == pytest.approx([0.25, 0.0])  # seed 0: (0.5 - 0) / 2; seed 1: no change
     assert pass1["mean"] == pytest.approx(0.125) and pass1["standard_error"] == pytest.approx(0.125)
     greedy = next(c for c in summary["comparisons"] if c["metric"] == "greedy")
     assert greedy["per_seed"] == pytest.approx([0.5, 0.5]) and greedy["outcome"] == "better"
-    assert summary["table"]["aer-0.7"]["pass@1"] == pytest.approx((0.625, 0.125))  # seeds 0.75 and 0.5
+    assert summary["table"]["aer-0.5"]["pass@1"] == pytest.approx((0.625, 0.125))  # seeds 0.75 and 0.5
     assert summary["table"]["no-entropy"]["hard pass@16"] == (1.0, 0.0)  # problem 2 (tier 3): 16 of 16, 8 of 16
 
 
@@ -161,7 +161,7 @@ def test_quick_run_writes_its_files_and_runs_every_arm_the_same_steps(quick_run)
     assert json.loads((output_dir / "runs.json").read_text()) == record["results"]
     assert (output_dir / "study.md").read_text().startswith("Held-out means over 1 seed(s) [0]")
     runs = record["results"]["0"]
-    assert list(runs) == ["warm-start", "no-entropy", "fixed-0.02", "aer-0.7", "aer-uniform-0.7"]
+    assert list(runs) == ["warm-start", "no-entropy", "fixed-0.02", "aer-0.5", "aer-uniform-0.5"]
     steps = quick(Config()).steps
     for name, run in runs.items():
         held_out = 3 * quick(Config()).eval_per_tier
@@ -170,14 +170,14 @@ def test_quick_run_writes_its_files_and_runs_every_arm_the_same_steps(quick_run)
             assert len(run["entropy"]) == len(run["coefficient"]) == len(run["reward"]) == steps, name
     # The same warm start and the same first batch: every arm measured the same first entropy.
     assert len({run["entropy"][0] for name, run in runs.items() if name != "warm-start"}) == 1
-    assert "Verdict: aer-0.7 vs no-entropy: one seed cannot tell" in printed
+    assert "Verdict: aer-0.5 vs no-entropy: one seed cannot tell" in printed
 
 
 def test_quick_run_aer_anchors_its_target_and_fixed_arms_stay_fixed(quick_run):
     _, record, _ = quick_run
     runs = record["results"]["0"]
-    for name in ("aer-0.7", "aer-uniform-0.7"):
-        assert runs[name]["target_entropy"] == pytest.approx(0.7 * runs[name]["entropy"][0], rel=1e-9)
+    for name in ("aer-0.5", "aer-uniform-0.5"):
+        assert runs[name]["target_entropy"] == pytest.approx(0.5 * runs[name]["entropy"][0], rel=1e-9)
         assert runs[name]["coefficient"][:2] == [0.0, 0.0]  # anchoring step, then α starts from 0
     assert set(runs["fixed-0.02"]["coefficient"]) == {0.02}
     assert set(runs["no-entropy"]["coefficient"]) == {0.0}
