@@ -20,8 +20,6 @@ from aer.demo.train import Arm, Config, quick
 
 SYMBOL = {PLUS: "+", MINUS: "-", TIMES: "*"}
 
-# ------------------------------------------------------------------------------------------------ the verifier
-
 
 def right_answers(numbers: tuple[int, ...], target: int) -> set[tuple[int, ...]]:
     """Every right response, built the other way round: each ordered choice of distinct positions among the
@@ -82,9 +80,6 @@ def test_training_stream_never_draws_a_held_out_problem():
     assert not held_out & {(p.numbers, p.target) for p in drawn}
 
 
-# -------------------------------------------------------------------------------------------------- statistics
-
-
 @pytest.mark.parametrize("n", range(1, 7))
 def test_unbiased_pass_at_k_is_the_chance_that_k_of_the_n_samples_hold_a_right_one(n):
     for c in range(n + 1):
@@ -140,9 +135,6 @@ def test_summary_pairs_arms_within_each_seed():
     assert greedy["per_seed"] == pytest.approx([0.5, 0.5]) and greedy["outcome"] == "better"
     assert summary["table"]["aer-0.5"]["pass@1"] == pytest.approx((0.625, 0.125))  # seeds 0.75 and 0.5
     assert summary["table"]["no-entropy"]["hard pass@16"] == (1.0, 0.0)  # problem 2 (tier 3): 16 of 16, 8 of 16
-
-
-# ------------------------------------------------------------------------------------------------ the quick run
 
 
 @pytest.fixture(scope="module")

@@ -51,9 +51,6 @@ def arms(target_ratios: tuple[float, ...], uniform_ratio: float | None) -> list[
     return compared
 
 
-# ---------------------------------------------------------------------------------------------------- statistics
-
-
 def pass_at_k(n: int, c: int, k: int) -> float:
     """Unbiased pass@k from ``c`` right of ``n`` samples (Chen et al. 2021): ``1 - C(n-c, k) / C(n, k)``."""
     if not 0 <= c <= n or not 1 <= k <= n:
@@ -133,9 +130,6 @@ def summarise(results: dict[int, dict[str, dict]], n: int) -> dict:
     return {"seeds": seeds, "table": table, "comparisons": comparisons}
 
 
-# ------------------------------------------------------------------------------------------------------ running
-
-
 def _warm_start_job(config: Config, output_dir: Path, on_step: Callable[[], None]) -> tuple[int, str, dict]:
     tasks = Countdown(config.tiers, config.eval_per_tier, config.seed)
     result = evaluate_warm_start(config, warm_start(config, tasks, output_dir), tasks)
@@ -200,9 +194,6 @@ def _drain(progress: queue.Queue) -> int:
         while True:
             count += progress.get_nowait()
     return count
-
-
-# -------------------------------------------------------------------------------------------------------- output
 
 
 def machine(config: Config) -> dict:

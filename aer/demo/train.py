@@ -17,8 +17,6 @@ import aer_kernels
 
 from .tasks import EOS, PAD, VOCAB_SIZE, Countdown, Problem, reward
 
-# ---------------------------------------------------------------------------------------------------- settings
-
 
 @dataclass(frozen=True)
 class Config:
@@ -104,9 +102,6 @@ def coefficient_source(arm: Arm, config: Config) -> FixedCoefficient | aer.AERCo
     )
 
 
-# ------------------------------------------------------------------------------------------------------ policy
-
-
 class Block(nn.Module):
     """Pre-norm block: ``x + attn(ln(x))`` then ``x + mlp(ln(x))``."""
 
@@ -163,9 +158,6 @@ class Policy(nn.Module):
         return self.final_norm(x)
 
 
-# -------------------------------------------------------------------------------------------------- warm start
-
-
 def _cache_path(config: Config, output_dir: Path) -> Path:
     fields = ("seed", "threads", "tiers", "eval_per_tier", "width", "layers", "heads")
     settings = {name: getattr(config, name) for name in fields}
@@ -202,9 +194,6 @@ def warm_start(config: Config, tasks: Countdown, output_dir: Path) -> dict[str, 
     return model.state_dict()
 
 
-# ---------------------------------------------------------------------------------------------------- sampling
-
-
 @torch.no_grad()
 def sample(
     model: Policy, problems: list[Problem], temperature: float, generator: torch.Generator, device: torch.device
@@ -237,9 +226,6 @@ def rewards(problems: list[Problem], tokens: torch.Tensor, response_mask: torch.
     """``[B]`` fp32, 1 for a right response."""
     responses = [row[mask].tolist() for row, mask in zip(tokens.cpu(), response_mask.cpu())]
     return torch.tensor([reward(p, r) for p, r in zip(problems, responses)], dtype=torch.float32)
-
-
-# ---------------------------------------------------------------------------------------------------- GRPO step
 
 
 def grpo_loss(
@@ -277,9 +263,6 @@ def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-6) 
     return ((grouped - grouped.mean(1, keepdim=True)) / (grouped.std(1, keepdim=True) + eps)).view(-1)
 
 
-# -------------------------------------------------------------------------------------------------- evaluation
-
-
 def evaluate(model: Policy, tasks: Countdown, config: Config, device: torch.device) -> dict[str, list[int]]:
     """Per held-out problem: ``correct``, right answers among ``eval_samples`` samples at the run's temperature,
     and ``greedy``, 1 if the argmax answer is right. The sampling generator is seeded from the run's seed, so
@@ -295,9 +278,6 @@ def evaluate(model: Policy, tasks: Countdown, config: Config, device: torch.devi
     )
     greedy = rewards(tasks.held_out, *sample(model, tasks.held_out, 0.0, generator, device))
     return {"correct": correct.view(-1, n).sum(1).long().tolist(), "greedy": greedy.long().tolist()}
-
-
-# ---------------------------------------------------------------------------------------------------- the loop
 
 
 def train(
