@@ -12,7 +12,7 @@ VERL_LOSS_DEPS ?= ray "tensordict>=0.8,<=0.10,!=0.9.0" omegaconf codetiming pill
 
 INTEGRATION := tests/test_integration_*.py
 
-.PHONY: setup lint test test-reference test-interpreter test-integration demo bench clean
+.PHONY: setup lint test test-reference test-interpreter test-integration demo study bench clean
 
 $(READY): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv --system-site-packages $(VENV)
