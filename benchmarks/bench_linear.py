@@ -136,7 +136,7 @@ def _formula(h, w, y, grads, loss_only: bool, dtype: torch.dtype):
 def check(method: Method, h, w, y) -> str | None:
     """None when the method's outputs and ``dh`` on the first rows pass the tolerance rule, else what failed."""
     h, y = h[:CHECK_ROWS], y[:CHECK_ROWS]
-    grads = _upstream(method, h.shape[0], h.device)
+    grads = upstream(method, h.shape[0], h.device)
     exact = _formula(h, w, y, grads, method.loss_only, torch.float64)
     pytorch = _formula(h, w, y, grads, method.loss_only, h.dtype)
     hg = h.detach().requires_grad_(True)
@@ -150,11 +150,11 @@ def check(method: Method, h, w, y) -> str | None:
     return None
 
 
-def _upstream(method: Method, n: int, device) -> tuple:
+def upstream(method: Method, n: int, device) -> tuple:
     return (torch.ones((), device=device),) if method.loss_only else make_row_grads(n, 2, device)
 
 
-def _gemm_case(mode: str, h, w) -> Callable:
+def gemm_case(mode: str, h, w) -> Callable:
     """The bare GEMMs of ``mode``: what any implementation of the op must compute."""
 
     def forward():
@@ -167,7 +167,7 @@ def _gemm_case(mode: str, h, w) -> Callable:
     return {"fwd": forward, "bwd": backward, "fwd+bwd": lambda: (forward(), backward())}[mode]
 
 
-def _method_case(method: Method, mode: str, h, w, y, grads) -> Callable:
+def method_case(method: Method, mode: str, h, w, y, grads) -> Callable:
     if mode == "fwd":
         return lambda: method.run(h, w, y)
     hg, wg = h.detach().requires_grad_(True), w.detach().requires_grad_(True)
@@ -207,7 +207,7 @@ def _print_row(r: dict) -> None:
     )
 
 
-def _inputs(n, d, v, dtype, device, seed=0):
+def inputs(n, d, v, dtype, device, seed=0):
     """Hidden states and a weight whose logits have a realistic spread (std ~4), targets."""
     gen = torch.Generator(device).manual_seed(seed)
     h = torch.randn(n, d, device=device, generator=gen).to(dtype)
@@ -238,11 +238,11 @@ def run(shapes, modes, workspaces_mib, dtype: torch.dtype, output_dir: Path | No
             if budget_s is not None and time.perf_counter() - start > budget_s:
                 print(f"time budget of {budget_s:.0f} s spent: {n}x{d}x{v} and later shapes not measured")
                 break
-            h, w, y = _inputs(n, d, v, dtype, device)
+            h, w, y = inputs(n, d, v, dtype, device)
             print(f"{n} x {d} x {v} {name}:")
             gemm_ms = {}
             for mode in modes:
-                ms, peak = _measure(_gemm_case(mode, h, w), device)
+                ms, peak = _measure(gemm_case(mode, h, w), device)
                 gemm_ms[mode] = ms
                 doc["rows"].append(_row("gemms", mode, n, d, v, name, ms, peak, ms))
                 _print_row(doc["rows"][-1])
@@ -251,10 +251,10 @@ def run(shapes, modes, workspaces_mib, dtype: torch.dtype, output_dir: Path | No
                 if failed:
                     print(f"  {method.name}: SKIPPED, {failed}", flush=True)
                     continue
-                grads = _upstream(method, n, device)
+                grads = upstream(method, n, device)
                 for mode in (m for m in modes if m in method.modes):
                     try:
-                        ms, peak = _measure(_method_case(method, mode, h, w, y, grads), device)
+                        ms, peak = _measure(method_case(method, mode, h, w, y, grads), device)
                     except Exception as exc:  # out of memory where the materialised logits do not fit
                         print(f"  {method.name} {mode}: skipped ({_failure(exc)})", flush=True)
                         _free(device)

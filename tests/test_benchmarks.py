@@ -121,3 +121,11 @@ def test_gpu_check_dry_run_writes_every_step(tmp_path):
         assert json.loads(path.read_text())[key], pattern
     combine = json.loads(next(tmp_path.glob("combine/*.json")).read_text())["rows"]
     assert {r["method"] for r in combine} == {"torch", "torch_compile"} and combine[0]["eager_ops"] > 0
+
+
+def test_pytest_benchmark_suites_pass_on_cpu():
+    """``pytest benchmarks/``: every case's correctness check passes at the CPU shapes (timing disabled)."""
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "benchmarks", "--benchmark-disable"]
+    run = _run_cpu(command, timeout=300)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
+    assert " passed" in run.stdout and " failed" not in run.stdout, run.stdout[-2000:]
