@@ -12,6 +12,7 @@ from .train import Config, quick
 DEFAULT_RATIO = 0.5  # AER's default, and the study's choice: see the README's demo section
 STUDY_RATIOS = (0.5, 0.6, 0.7, 0.8)
 STUDY_SEEDS = 5
+DEMO_SEEDS = 3  # the fewest that measure training noise; --quick runs 1
 REPRODUCIBILITY = (
     "Reproducibility: on CPU, the same seed, --threads and torch build give the same numbers to the last digit, "
     "whatever --jobs (every run is its own process, or runs alone). Another thread count, torch build or CPU type "
@@ -59,8 +60,8 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--seeds",
         type=_positive_int,
-        help=f"number of seeds, counting up from --seed (default: 1, or {STUDY_SEEDS} with --study); each is a "
-        "replicate of the whole experiment: its own problems, warm start and training draws",
+        help=f"number of seeds, counting up from --seed (default: {DEMO_SEEDS}; {STUDY_SEEDS} with --study, 1 with "
+        "--quick); each is a replicate of the whole experiment: its own problems, warm start and training draws",
     )
     parser.add_argument("--seed", type=int, default=0, help="the first seed (default: 0)")
     parser.add_argument(
@@ -106,14 +107,16 @@ def main(argv: list[str] | None = None) -> dict:
     config = replace(Config(), device=args.device, threads=args.threads)
     config = quick(config) if args.quick else config
     config = replace(config, steps=args.steps) if args.steps else config
-    seeds = list(range(args.seed, args.seed + (args.seeds or (STUDY_SEEDS if args.study else 1))))
+    default_seeds = STUDY_SEEDS if args.study else 1 if args.quick else DEMO_SEEDS
+    seeds = list(range(args.seed, args.seed + (args.seeds or default_seeds)))
     ratios = tuple(args.target_ratios or STUDY_RATIOS) if args.study else (args.target_ratio,)
     arm_list = study.arms(ratios, args.target_ratio)
     runs = len(seeds) * len(arm_list)
     print(
         f"{runs} runs ({len(arm_list)} arms × {len(seeds)} seed(s)) of {config.steps} GRPO steps on countdown "
         f"{config.tiers}, {args.jobs} process(es) of {config.threads} torch thread(s) each, {config.device}: "
-        f"about {study.estimate_seconds(config, runs, len(seeds), args.jobs) / 60:.0f} min on a shared 2-core CPU."
+        f"about {study.estimate_seconds(config, runs, len(seeds), args.jobs) / 60:.0f} min on an idle 2-core CPU, "
+        "longer on a busy one."
     )
     started = time.perf_counter()
     results = study.run(config, arm_list, seeds, args.jobs, args.output_dir)

@@ -36,9 +36,9 @@ METRICS = ("pass@1", "greedy", "pass@4", "pass@16")  # pass@k needs Config.eval_
 # the quick run's entropy to 2.9 nats and its accuracy to 0).
 FIXED = 0.02
 BASELINES = ("no-entropy", f"fixed-{FIXED:g}")
-# One GRPO step on one thread, warm start and evaluation included, for the estimate printed up front: 0.27 s
-# in the README's study on a 2-core AMD EPYC that other jobs shared (0.15 s with the machine to itself).
-SECONDS_PER_STEP = 0.3
+# One GRPO step on one thread, warm start and evaluation included, for the estimate printed up front: 0.11 s
+# in `make demo` on an idle 2-core AMD EPYC, 0.27 s in the README's study on the same machine shared with other jobs.
+SECONDS_PER_STEP = 0.12
 FINAL_WINDOW = 20  # steps averaged for the final entropy
 
 
