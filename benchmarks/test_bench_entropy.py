@@ -18,7 +18,7 @@ from benchmarks.data import make_logits, make_targets
 from benchmarks.methods import build_methods
 from benchmarks.names import METHOD_NAMES, MODES, OPS
 from benchmarks.suite import make_case, measure_ceilings
-from benchmarks.timing import median_ms
+from benchmarks.timing import median_ms, synchronised
 
 CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if CUDA else "cpu")
@@ -41,18 +41,6 @@ def _inputs(n: int, v: int):
 def _method(name: str):
     methods, skipped = build_methods([name], DTYPE, DEVICE)
     return (methods[0], None) if methods else (None, skipped[0])
-
-
-def _synced(fn):
-    if not CUDA:
-        return fn
-
-    def call():
-        out = fn()
-        torch.cuda.synchronize()
-        return out
-
-    return call
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
@@ -80,4 +68,4 @@ def test_bench(benchmark, name, op, mode, shape):
     ms = median_ms(case, DEVICE)
     rate = gbps(minimal_bytes(op, mode, n, v, x.element_size()), ms)
     benchmark.extra_info.update(median_ms=ms, gbps=rate, pct_copy=100.0 * rate / copy_gbps)
-    benchmark.pedantic(_synced(case), rounds=10 if CUDA else 3, warmup_rounds=1)
+    benchmark.pedantic(synchronised(case, DEVICE), rounds=10 if CUDA else 3, warmup_rounds=1)

@@ -14,7 +14,7 @@ import torch
 
 from benchmarks.bench_linear import GEMM_COUNT, build_methods, check, gemm_case, inputs, method_case, upstream
 from benchmarks.names import MODES
-from benchmarks.timing import median_ms
+from benchmarks.timing import median_ms, synchronised
 
 CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if CUDA else "cpu")
@@ -30,18 +30,6 @@ def _shape_inputs(n: int, d: int, v: int):
     h, w, y = inputs(n, d, v, DTYPE, DEVICE)
     gemm_ms = {mode: median_ms(gemm_case(mode, h, w), DEVICE) for mode in MODES}
     return h, w, y, gemm_ms
-
-
-def _synced(fn):
-    if not CUDA:
-        return fn
-
-    def call():
-        out = fn()
-        torch.cuda.synchronize()
-        return out
-
-    return call
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -65,4 +53,4 @@ def test_bench_linear(benchmark, shape, mode, name):
     ms = median_ms(case, DEVICE)
     tflops = 2 * GEMM_COUNT[mode] * n * d * v / ms / 1e9
     benchmark.extra_info.update(median_ms=ms, tflops=tflops, vs_gemms=ms / gemm_ms[mode])
-    benchmark.pedantic(_synced(case), rounds=10 if CUDA else 3, warmup_rounds=1)
+    benchmark.pedantic(synchronised(case, DEVICE), rounds=10 if CUDA else 3, warmup_rounds=1)
