@@ -11,8 +11,12 @@ code runs: a raise during tracing would reach the caller as Dynamo's ``Unsupport
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
+
+from ._validate import accumulation_dtype
 
 # A CUDA graph would replay the launch with the temperature read at capture.
 OP_TAGS = (torch.Tag.cudagraph_unsafe,)
@@ -59,6 +63,14 @@ def failed_call_outputs(err: Exception, logits) -> tuple[Tensor, Tensor]:
     error = next(name for name, kind in _ERRORS.items() if isinstance(err, kind))  # not type(err).__name__:
     out = _argument_error(torch.empty(lead, device=device), error, str(err))  # torch 2.11 cannot trace that
     return out, out
+
+
+def row_outputs(rows: Tensor, has_targets: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """A forward op's ``(logp, H, stats)`` for the rows of ``rows`` (``[..., V]`` logits or ``[..., D]`` hidden
+    states): ``[N]`` (``[0]`` without targets), ``[N]``, ``[N, 2]``, in the accumulation dtype."""
+    n = math.prod(rows.shape[:-1])
+    out = dict(device=rows.device, dtype=accumulation_dtype(rows.dtype))
+    return torch.empty(n if has_targets else 0, **out), torch.empty(n, **out), torch.empty((n, 2), **out)
 
 
 def undefined_logp_grad(grad_logp: Tensor, logp_defined: Tensor) -> Tensor:

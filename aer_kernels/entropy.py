@@ -15,19 +15,12 @@ from torch import Tensor
 
 from ._backends import backend_module
 from ._layout import row_layout, with_row_layout
-from ._ops import OP_TAGS, failed_call_outputs, temperature_args, temperature_value, undefined_logp_grad
-from ._validate import accumulation_dtype, check_args
+from ._ops import OP_TAGS, failed_call_outputs, row_outputs, temperature_args, temperature_value, undefined_logp_grad
+from ._validate import check_args
 
 
 def _row_arg(t: Tensor | None) -> Tensor | None:
     return None if t is None else t.reshape(-1).contiguous()
-
-
-def _fwd_outputs(logits: Tensor, has_targets: bool) -> tuple[Tensor, Tensor, Tensor]:
-    """``(logp, H, stats)``: ``[N]`` (``[0]`` without targets), ``[N]``, ``[N, 2]``, in the accumulation dtype."""
-    n = logits.numel() // logits.shape[-1]
-    out = dict(device=logits.device, dtype=accumulation_dtype(logits.dtype))
-    return torch.empty(n if has_targets else 0, **out), torch.empty(n, **out), torch.empty((n, 2), **out)
 
 
 @torch.library.custom_op("aer_kernels::entropy_fwd", mutates_args=(), tags=OP_TAGS)
@@ -40,7 +33,7 @@ def entropy_fwd(
     inplace_backward: bool,
     temperature_tensor: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    logp, h, stats = _fwd_outputs(logits, targets is not None)
+    logp, h, stats = row_outputs(logits, targets is not None)
     backend_module(backend).forward(
         logits,
         row_layout(logits),
@@ -56,7 +49,7 @@ def entropy_fwd(
 
 @entropy_fwd.register_fake
 def _(logits, targets, mask, temperature, backend, inplace_backward, temperature_tensor=None):
-    return _fwd_outputs(logits, targets is not None)
+    return row_outputs(logits, targets is not None)
 
 
 def _backward_into(grad: Tensor, logits, targets, mask, stats, h, grad_h, grad_logp, temperature, backend):

@@ -37,7 +37,7 @@ from torch import Tensor
 
 from ._backends import backend_module
 from ._layout import RowLayout, row_layout, with_row_layout
-from ._ops import OP_TAGS, failed_call_outputs, temperature_args, temperature_value, undefined_logp_grad
+from ._ops import OP_TAGS, failed_call_outputs, row_outputs, temperature_args, temperature_value, undefined_logp_grad
 from ._validate import accumulation_dtype, check_row_tensor, check_temperature, resolve_backend, shape_text
 from .vocab_parallel import (
     agreement_requested,
@@ -188,12 +188,6 @@ def _forward_rows(hidden, weight, bias, targets, mask, temperature, backend, wor
         )
 
 
-def _forward_outputs(hidden: Tensor, has_targets: bool):
-    n = math.prod(hidden.shape[:-1])
-    out = dict(device=hidden.device, dtype=accumulation_dtype(hidden.dtype))
-    return torch.empty(n if has_targets else 0, **out), torch.empty(n, **out), torch.empty((n, 2), **out)
-
-
 @torch.library.custom_op("aer_kernels::linear_fwd", mutates_args=(), tags=OP_TAGS)
 def _linear_fwd(
     hidden: Tensor,
@@ -208,7 +202,7 @@ def _linear_fwd(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(logp, H, stats)`` of ``hidden @ weight.T + bias`` per row (flat ``[N]`` or ``[0]``, ``[N]``, ``[N, 2]``);
     ``temperature_tensor``, when given, carries T instead of ``temperature`` (see ``_ops.py``)."""
-    logp, h, stats = _forward_outputs(hidden, targets is not None)
+    logp, h, stats = row_outputs(hidden, targets is not None)
     temperature = temperature_value(temperature, temperature_tensor)
     with torch.autocast(hidden.device.type, enabled=False):
         _forward_rows(hidden, weight, bias, targets, mask, temperature, backend, workspace_bytes, h, logp, stats)
@@ -217,7 +211,7 @@ def _linear_fwd(
 
 @_linear_fwd.register_fake
 def _(hidden, weight, bias, targets, mask, temperature, backend, workspace_bytes, temperature_tensor=None):
-    return _forward_outputs(hidden, targets is not None)
+    return row_outputs(hidden, targets is not None)
 
 
 def _backward_slices(
